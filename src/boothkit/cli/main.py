@@ -1,0 +1,47 @@
+"""Entry point: builds the typer app from the command modules listed below."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+app = typer.Typer(help="boothkit: personalise text-to-image diffusion models from a few photos.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+#: Each module defines `register(app)`. One line per command module.
+_COMMAND_MODULES = [
+    "boothkit.cli.generate",
+    "boothkit.cli.world",
+    "boothkit.cli.pretrain",
+    "boothkit.cli.eval",
+    "boothkit.cli.demo",
+]
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")):
+    if version:
+        from boothkit import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+def main():
+    from boothkit.generate import UsageError
+    from boothkit.pipeline import ModelNotFoundError
+
+    try:
+        app()
+    except (UsageError, ModelNotFoundError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

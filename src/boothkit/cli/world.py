@@ -1,0 +1,71 @@
+"""`boothkit world ...`: the shipped emoji world (paths, concepts, reference renders)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+world_app = typer.Typer(help="The emoji world: the shipped model, its concepts and scenes.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(world_app, name="world")
+
+
+@world_app.command("path")
+def path():
+    """Print the folder of the shipped world pipeline."""
+    from ..pipeline import world_path
+
+    typer.echo(str(world_path()))
+
+
+@world_app.command("concepts")
+def concepts(
+    split: str = typer.Option("all", help="all, train or heldout."),
+    cls: str = typer.Option(None, "--class", help="Only this class noun."),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table."),
+):
+    """List the world's concepts: id, class, split and name."""
+    from ..world.concepts import CLASSES, all_concepts
+
+    if split not in ("all", "train", "heldout"):
+        raise typer.BadParameter("split must be all, train or heldout")
+    if cls is not None and cls not in CLASSES:
+        raise typer.BadParameter(f"class must be one of {', '.join(CLASSES)}")
+    for c in all_concepts():
+        if (split == "train" and c.heldout) or (split == "heldout" and not c.heldout):
+            continue
+        if cls and c.cls != cls:
+            continue
+        if as_json:
+            typer.echo(json.dumps({"id": c.id, "name": c.name, "class": c.cls, "heldout": c.heldout,
+                                   "slug": c.slug}))
+        else:
+            typer.echo(f"{c.id:<40} {c.cls:<8} {'heldout' if c.heldout else 'train':<8} {c.name}")
+
+
+@world_app.command("references")
+def references(
+    concept: str = typer.Argument(..., help="Concept id, name or slug (see `boothkit world concepts`)."),
+    out: str = typer.Option(..., "--out", "-o", help="Folder for the reference PNGs."),
+    n: int = typer.Option(5, "-n", help="How many references."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Render n reference photos of a concept in varied backgrounds, sizes and positions (subject photos)."""
+    from ..generate import UsageError, prepare_out, save_images
+    from ..world.references import render_references
+    from ..world.concepts import get
+
+    if n < 1:
+        raise UsageError("-n must be at least 1")
+    try:
+        c = get(concept)
+    except KeyError as e:
+        raise UsageError(str(e.args[0])) from None
+    out_dir = prepare_out(out)
+    images, scenes = render_references(c, n=n, seed=seed)
+    for p in save_images(images, out_dir, stem=c.slug):
+        typer.echo(str(p))
+    (out_dir / "scenes.json").write_text(json.dumps([s.to_dict() for s in scenes], indent=1))

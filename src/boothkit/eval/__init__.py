@@ -1,0 +1,1 @@
+"""Evaluation: world fidelity, and (later) personalisation benchmarks."""

@@ -1,0 +1,115 @@
+"""Loading a base model: the shipped world model, a local diffusers folder, or a hub id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+WORLD = "world"
+
+
+class ModelNotFoundError(ValueError):
+    """The --model argument names nothing that can be loaded."""
+
+
+def world_path() -> Path:
+    """Folder of the shipped world pipeline (a standard StableDiffusionPipeline folder)."""
+    return Path(__file__).resolve().parent / "assets" / "world"
+
+
+def resolve_model(model: str) -> str:
+    """'world' -> the shipped folder; a local folder -> itself; anything else is treated as a hub id."""
+    if model == WORLD:
+        return str(world_path())
+    p = Path(model).expanduser()
+    if p.exists():
+        if not (p / "model_index.json").is_file():
+            raise ModelNotFoundError(f"{model!r} is a path but not a diffusers pipeline folder (no model_index.json)")
+        return str(p)
+    if model.startswith((".", "/", "~")) or os.sep in model and model.count("/") > 1:
+        raise ModelNotFoundError(f"model folder {model!r} does not exist")
+    return model
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """cuda, then mps, then cpu, unless one is named."""
+    if device and device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """fp32 on CPU; bf16 on CUDA where supported, else fp16; fp16 on MPS; or the named one."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype and dtype != "auto":
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(set(_DTYPES))}")
+        return _DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def load_pipeline(model: str = WORLD, device: str | None = None, dtype: str | torch.dtype | None = None,
+                  progress: bool = True):
+    """A diffusers StableDiffusionPipeline for `model` on the chosen device and dtype.
+
+    model: "world" (the shipped emoji-world model), a local diffusers folder, or a hub id (needs the hub to be
+    reachable, or the model in the local hub cache). Fails with ModelNotFoundError naming the model otherwise.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    path = resolve_model(model)
+    dev = pick_device(device)
+    dt = pick_dtype(dev, dtype)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=dt, safety_checker=None,
+                                                       requires_safety_checker=False)
+    except (OSError, ValueError, EnvironmentError) as e:
+        if path == model and not Path(model).exists():
+            raise ModelNotFoundError(
+                f"could not load model {model!r}: not a local folder, and the hub could not provide it "
+                f"(offline, or no such repository). Original error: {str(e).splitlines()[0]}") from e
+        raise ModelNotFoundError(f"could not load model {model!r}: {str(e).splitlines()[0]}") from e
+    pipe = pipe.to(dev)
+    pipe.set_progress_bar_config(disable=not progress, leave=False)
+    pipe.boothkit_model = model  # what the user asked for, recorded in artifacts
+    return pipe
+
+
+def model_hash(model: str) -> str:
+    """A content hash of a base model's UNet and text encoder weights (concepts record it; generation checks it).
+
+    For a local folder or the world model it hashes the weight files' bytes (sha256, first 16 hex digits); for a
+    hub id that is not on disk it hashes the id.
+    """
+    path = Path(resolve_model(model))
+    if not path.exists():
+        return "id:" + hashlib.sha256(model.encode()).hexdigest()[:16]
+    h = hashlib.sha256()
+    for sub in ("unet", "text_encoder"):
+        for f in sorted((path / sub).glob("*.safetensors")) + sorted((path / sub).glob("*.bin")):
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def world_info() -> dict:
+    """world.json of the shipped model: how it was trained, on what, for how long."""
+    return json.loads((world_path() / "world.json").read_text())

@@ -1,0 +1,1 @@
+"""Pretraining: the world model (`boothkit pretrain world`) and, later, encoder-method heads."""

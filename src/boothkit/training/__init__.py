@@ -1,0 +1,1 @@
+"""The training core shared by pretraining and the personalisation methods."""
