@@ -75,10 +75,16 @@ def load_pipeline(model: str = WORLD, device: str | None = None, dtype: str | to
     from diffusers import StableDiffusionPipeline
 
     path = resolve_model(model)
+    if not progress:
+        import diffusers.utils.logging as dlog
+        import transformers.utils.logging as tlog
+
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=dt, safety_checker=None,
+        pipe = StableDiffusionPipeline.from_pretrained(path, dtype=dt, safety_checker=None,
                                                        requires_safety_checker=False)
     except (OSError, ValueError, EnvironmentError) as e:
         if path == model and not Path(model).exists():

@@ -17,6 +17,9 @@ _COMMAND_MODULES = [
     "boothkit.cli.pretrain",
     "boothkit.cli.eval",
     "boothkit.cli.demo",
+    "boothkit.cli.tune",
+    "boothkit.cli.merge",
+    "boothkit.cli.serve",
 ]
 
 for _name in _COMMAND_MODULES:

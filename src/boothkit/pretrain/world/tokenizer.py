@@ -38,7 +38,7 @@ def build_tokenizer(out_dir: str | Path, bpe_gz: bytes | None = None) -> Path:
 
     bpe_gz = bpe_gz if bpe_gz is not None else fetch_clip_bpe()
     lines = gzip.open(io.BytesIO(bpe_gz)).read().decode("utf-8").split("\n")
-    merges = [tuple(m.split()) for m in lines[1 : N_MERGES + 1]]
+    merges = [tuple(m.split()) for m in lines[1 : N_MERGES + 1] if m.strip()]
     symbols = list(bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]

@@ -1,0 +1,105 @@
+"""The command line: generate, world, eval, help, and usage errors that write nothing."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from boothkit.cli.main import app
+
+runner = CliRunner()
+
+
+def _boothkit(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "boothkit.cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_generate_writes_pngs_and_grid_and_is_deterministic(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        r = _boothkit("generate", "a small dog face on a red background", "-n", "2", "--seed", "3", "--steps", "3",
+                      "--out", str(out))
+        assert r.returncode == 0, r.stderr[-2000:]
+    printed = [line for line in r.stdout.splitlines() if line.endswith(".png")]
+    assert len(printed) == 3 and all(os.path.exists(p) for p in printed)
+    assert sorted(p.name for p in a.iterdir()) == ["grid.png", "image-000.png", "image-001.png"]
+    for name in ("image-000.png", "image-001.png"):
+        assert np.array_equal(np.asarray(Image.open(a / name)), np.asarray(Image.open(b / name)))
+    assert not np.array_equal(np.asarray(Image.open(a / "image-000.png")), np.asarray(Image.open(a / "image-001.png")))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-n", "0"], "-n must be at least 1"),
+    (["--height", "60"], "multiple of 8"),
+    (["--steps", "0"], "--steps"),
+])
+def test_generate_usage_errors_write_nothing(tmp_path, args, message):
+    from boothkit.generate import UsageError
+
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["generate", "a dog", *args, "--out", str(out)])
+    assert isinstance(r.exception, UsageError) and message in str(r.exception)
+    assert not out.exists()
+
+
+def test_generate_unwritable_out_is_a_usage_error(tmp_path):
+    from boothkit.generate import UsageError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = runner.invoke(app, ["generate", "a dog", "-n", "1", "--out", str(blocker / "sub")])
+    assert isinstance(r.exception, UsageError) and "not writable" in str(r.exception)
+
+
+def test_generate_unknown_model_is_a_clear_error(tmp_path):
+    r = _boothkit("generate", "a dog", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_long_prompt_is_truncated_with_a_warning():
+    from boothkit.generate import check_prompt
+    from boothkit.pipeline import load_pipeline
+
+    pipe = load_pipeline("world", device="cpu", progress=False)
+    with pytest.warns(UserWarning, match="truncated"):
+        check_prompt(pipe, "a red dog " * 40)
+
+
+def _commands(typer_app, prefix=()):
+    import typer.main
+
+    click_cmd = typer.main.get_command(typer_app)
+    stack = [(prefix, click_cmd)]
+    while stack:
+        path, cmd = stack.pop()
+        yield path
+        for name, sub in getattr(cmd, "commands", {}).items():
+            stack.append((path + (name,), sub))
+
+
+def test_every_command_has_help():
+    seen = list(_commands(app))
+    assert ("generate",) in seen and ("world", "path") in seen and ("eval", "world") in seen
+    for path in seen:
+        r = runner.invoke(app, [*path, "--help"])
+        assert r.exit_code == 0, (path, r.output)
+        assert "Usage" in r.output
+
+
+def test_world_path_and_concepts():
+    r = runner.invoke(app, ["world", "path"])
+    assert r.exit_code == 0 and os.path.isfile(os.path.join(r.output.strip(), "model_index.json"))
+    r = runner.invoke(app, ["world", "concepts", "--split", "heldout", "--class", "animal"])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 0 and len(lines) >= 10 and all("heldout" in x and "animal" in x for x in lines)
+
+
+def test_world_references(tmp_path):
+    r = runner.invoke(app, ["world", "references", "dog face", "--out", str(tmp_path), "-n", "3"])
+    assert r.exit_code == 0, r.output
+    assert len(list(tmp_path.glob("dog-face-*.png"))) == 3 and (tmp_path / "scenes.json").exists()

@@ -1,0 +1,75 @@
+"""Loading base models: the world model with diffusers alone, local folders, hub ids, devices and dtypes."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from boothkit.pipeline import ModelNotFoundError, load_pipeline, model_hash, pick_dtype, resolve_model, world_path
+
+
+def test_world_folder_is_a_standard_pipeline():
+    p = world_path()
+    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "image_encoder", "judge", "world_clip"):
+        assert (p / sub).is_dir(), sub
+    assert (p / "model_index.json").is_file()
+    assert not list(p.rglob("*.bin")) and not list(p.rglob("*.pt")) and not list(p.rglob("*.pkl"))
+    total = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    assert total < 80 * 2**20, f"shipped weights are {total / 2**20:.1f} MiB"
+
+
+def test_diffusers_alone_loads_and_draws_the_world_model(tmp_path):
+    # A fresh interpreter that never imports boothkit.
+    code = f"""
+import sys, torch
+from diffusers import StableDiffusionPipeline
+pipe = StableDiffusionPipeline.from_pretrained({str(world_path())!r})
+assert 'boothkit' not in sys.modules
+assert pipe.unet.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32
+img = pipe("a large dog face on a red background", num_inference_steps=2, height=64, width=64,
+           generator=torch.Generator().manual_seed(0)).images[0]
+img.save({str(tmp_path / 'x.png')!r})
+print(type(pipe.image_encoder).__name__)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "CLIPVisionModelWithProjection" in out.stdout
+    from PIL import Image
+
+    assert Image.open(tmp_path / "x.png").size == (64, 64)
+
+
+def test_load_pipeline_world_on_cpu():
+    pipe = load_pipeline("world", device="cpu", progress=False)
+    assert pipe.device.type == "cpu" and pipe.unet.dtype == torch.float32
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+
+
+def test_unknown_local_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="does-not-exist"):
+        load_pipeline(str(tmp_path / "does-not-exist"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="model_index.json"):
+        resolve_model(str(tmp_path / "empty"))
+
+
+def test_unreachable_hub_id_names_the_model(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="someone/not-a-real-model"):
+        load_pipeline("someone/not-a-real-model")
+
+
+def test_dtype_choice():
+    assert pick_dtype(torch.device("cpu")) == torch.float32
+    assert pick_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
+    with pytest.raises(ValueError):
+        pick_dtype(torch.device("cpu"), "fp8")
+
+
+def test_model_hash_is_stable_and_content_based():
+    h = model_hash("world")
+    assert h == model_hash(str(world_path())) and len(h) == 16
+    assert model_hash("someone/else").startswith("id:")
