@@ -21,10 +21,12 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/boothkit demo --out demo-out
 
 test: $(STAMP)
+	-./scripts/setup-browser.sh
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" -q
 
 test-all: $(STAMP)
+	-./scripts/setup-browser.sh
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out .pytest_cache .browser
