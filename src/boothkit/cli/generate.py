@@ -21,6 +21,11 @@ def generate(
     height: int = typer.Option(None, "--height", help="Image height (default: the model's native size)."),
     width: int = typer.Option(None, "--width", help="Image width (default: the model's native size)."),
     negative: str = typer.Option(None, "--negative", help="Negative prompt."),
+    concept: list[str] = typer.Option(None, "--concept", help="Concept folder from `boothkit tune` (repeatable)."),
+    instant: str = typer.Option(None, "--instant", help="InstantBooth artifact folder (no training: needs --images)."),
+    images: str = typer.Option(None, "--images", "--ref", help="Reference photos of the subject, for --instant."),
+    alpha: float = typer.Option(None, "--alpha", help="--instant: concept embedding scale (default: artifact's)."),
+    beta: float = typer.Option(None, "--beta", help="--instant: adapter strength (default: artifact's)."),
     model: str = MODEL,
     device: str = DEVICE,
     dtype: str = DTYPE,
@@ -29,10 +34,42 @@ def generate(
     from ..generate import GenerateConfig, generate_images, prepare_out, save_images
     from ..pipeline import load_pipeline
 
+    if (instant is None) != (images is None) or (instant and concept):
+        from ..generate import UsageError
+
+        raise UsageError("--instant and --images go together (and not with --concept)")
     cfg = GenerateConfig(n=n, seed=seed, steps=steps, guidance=guidance, height=height, width=width,
                          negative_prompt=negative)
     out_dir = prepare_out(out)
+    if instant:  # bad photos or artifact: fail before the model is loaded
+        from ..generate import UsageError
+        from ..inputs import InputError
+        from ..methods.instantbooth.artifact import read_meta
+        from ..methods.instantbooth.inference import load_reference_images
+
+        try:
+            read_meta(instant)
+            images = load_reference_images(images)
+        except InputError as e:
+            raise UsageError(str(e)) from e
     pipe = load_pipeline(model, device=device, dtype=dtype)
-    images = generate_images(pipe, prompt, cfg)
-    for p in save_images(images, out_dir):
+    if concept:
+        from ..generate import UsageError
+        from ..inputs import InputError
+        from ..methods import apply_concepts
+
+        try:
+            apply_concepts(pipe, concept)
+        except InputError as e:
+            raise UsageError(str(e)) from e
+    if instant:
+        from ..methods.instantbooth import generate_instant
+
+        try:
+            pictures = generate_instant(pipe, instant, images, prompt, cfg, alpha=alpha, beta=beta)
+        except InputError as e:
+            raise UsageError(str(e)) from e
+    else:
+        pictures = generate_images(pipe, prompt, cfg)
+    for p in save_images(pictures, out_dir):
         typer.echo(str(p))

@@ -37,3 +37,37 @@ def world(
                   seed=seed, device=device, workers=workers if workers >= 0 else base.workers, resume=resume,
                   compile=compile)
     typer.echo(json.dumps(pretrain_world(cfg), indent=1))
+
+
+@pretrain_app.command("instantbooth")
+def instantbooth(
+    cls: str = typer.Option(..., "--class", help="Class of the train concepts: person, face, animal, plant, food, "
+                                                 "vehicle, object, or all (one model for every class)."),
+    out: str = typer.Option(..., "--out", "-o", help="Artifact folder (instantbooth.safetensors + .json)."),
+    steps: int = typer.Option(2000, "--steps", help="Optimizer steps."),
+    batch: int = typer.Option(8, "--batch", help="Scenes per step."),
+    lr_heads: float = typer.Option(1e-4, "--lr-heads", help="Learning rate of the concept and patch heads."),
+    lr_adapters: float = typer.Option(1e-6, "--lr-adapters", help="Learning rate of the adapters."),
+    seed: int = typer.Option(0, "--seed"),
+    checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Checkpoint every N steps."),
+    val_every: int = typer.Option(500, "--val-every", help="Held-out-subject loss every N steps (train_log)."),
+    val_batches: int = typer.Option(4, "--val-batches", help="Fixed held-out batches for that loss (0: none)."),
+    work: str = typer.Option("", "--work", help="Checkpoints and train_log.jsonl (default: <out>.work)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --work."),
+    model: str = typer.Option("world", "--model", "-m", help="Base model (needs an image_encoder)."),
+    device: str = typer.Option("auto", "--device", help="cuda, mps, cpu or auto."),
+):
+    """Pretrain InstantBooth's concept/patch heads and UNet adapters on world scenes of train concepts."""
+    from ..generate import UsageError
+    from ..inputs import InputError
+    from ..methods.instantbooth.config import PretrainConfig
+    from ..methods.instantbooth.pretrain import pretrain_instantbooth
+
+    try:
+        cfg = PretrainConfig(cls=cls, steps=steps, batch_size=batch, lr_heads=lr_heads, lr_adapters=lr_adapters,
+                             seed=seed, checkpoint_every=checkpoint_every, val_every=val_every,
+                             val_batches=val_batches)
+        summary = pretrain_instantbooth(out, cfg, model=model, work=work or None, resume=resume, device=device)
+    except InputError as e:
+        raise UsageError(str(e)) from e
+    typer.echo(json.dumps(summary, indent=1))

@@ -1,0 +1,81 @@
+"""`boothkit tune`: personalise a base model on a folder of subject photos (one concept folder out)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from .common import MODEL
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tune")(tune)
+
+
+def _parse_set(items: list[str]) -> dict:
+    """--set key=value (value parsed as JSON when it can be: numbers, true/false, strings otherwise)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def tune(
+    method: str = typer.Option(..., "--method", help="dreambooth, lora, ti or custom."),
+    images: str = typer.Option(..., "--images", help="Folder of 1-20 subject photos (jpg/png/webp, any size)."),
+    class_noun: str = typer.Option(..., "--class", help="The subject's class noun, e.g. dog."),
+    out: str = typer.Option(..., "--out", "-o", help="Concept folder to write (e.g. concepts/NAME)."),
+    steps: int = typer.Option(None, "--steps", help="Optimizer steps (overrides the recipe's default)."),
+    config: str = typer.Option(None, "--config", help="JSON file of method config fields (see --show-config)."),
+    set_: list[str] = typer.Option(None, "--set", help="Override one config field: key=value (repeatable)."),
+    identifier: str = typer.Option(None, "--identifier",
+                                   help="Token naming the subject (default: sks; <sks> for ti; <new1> for custom)."),
+    concept: list[str] = typer.Option(None, "--concept",
+                                      help="More subjects trained jointly (custom only): IMAGES_DIR=CLASS, repeatable."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint of this run."),
+    show_config: bool = typer.Option(False, "--show-config", help="Print the method's default config and exit."),
+    model: str = MODEL,
+):
+    """Personalise a model on subject photos; writes concept.json + weights in diffusers formats to --out."""
+    from ..inputs import InputError
+    from ..methods import METHODS, tune as run_tune
+    from ..training.loop import TrainingError
+
+    if method not in METHODS:
+        typer.secho(f"error: unknown --method {method!r}; choose from {sorted(METHODS)}", fg="red", err=True)
+        raise typer.Exit(2)
+    if show_config:
+        typer.echo(json.dumps(METHODS[method].config().to_dict(), indent=1))
+        raise typer.Exit()
+    try:
+        cfg = {}
+        if config:
+            try:
+                cfg = json.loads(Path(config).read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise InputError(f"--config {config}: cannot read a JSON object ({e})") from e
+            if not isinstance(cfg, dict):
+                raise InputError(f"--config {config}: must hold a JSON object")
+        cfg.update(_parse_set(set_))
+        subjects = []
+        for c in concept or []:
+            if "=" not in c:
+                raise InputError(f"--concept {c!r}: expected IMAGES_DIR=CLASS")
+            d, cls = c.rsplit("=", 1)
+            subjects.append((d, cls))
+        path = run_tune(method, images, class_noun, out, model=model, steps=steps, identifier=identifier,
+                        config=cfg, resume=resume, subjects=subjects or None)
+    except (InputError, TrainingError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2)
+    meta = json.loads((Path(path) / "concept.json").read_text())
+    typer.echo(f"concept written to {path}")
+    typer.echo(f"try: boothkit generate --concept {path} --model {model} \"{meta['prompt']}\"")

@@ -1,0 +1,188 @@
+"""Subject photos in, concept folders out: loading, validating and converting user input.
+
+Every problem with a user's photos is either a clear `InputError` naming the file and what is wrong, or (when
+enough good photos remain) a warning that lists each skipped file. Nothing is fixed silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+MIN_SIDE = 64  #: smallest accepted side in pixels
+MAX_PIXELS = 50_000_000  #: larger images are refused as possible decompression bombs
+MAX_IMAGES = 20
+CONCEPT_FILE = "concept.json"
+
+
+class InputError(ValueError):
+    """Bad subject photos or arguments: reported to the user; nothing is written to --out."""
+
+
+@dataclass
+class Skipped:
+    path: Path
+    reason: str
+
+
+def _to_rgb(im: Image.Image, background=(255, 255, 255)) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. Alpha is composited on `background`; 16-bit and float are rescaled."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        import numpy as np
+
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        im = Image.fromarray((a / top * 255).clip(0, 255).round().astype("uint8"), "L")
+    elif im.mode == "F":
+        import numpy as np
+
+        a = np.asarray(im, dtype=np.float64)
+        top = 1.0 if a.max() <= 1.0 else 255.0
+        im = Image.fromarray((a / top * 255).clip(0, 255).round().astype("uint8"), "L")
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, background + (255,))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def load_image(path: str | Path, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """One photo -> RGB PIL image with EXIF orientation applied. Raises InputError saying what is wrong."""
+    path = Path(path)
+    if path.suffix.lower() not in EXTENSIONS:
+        raise InputError(f"{path}: not a supported image type (use {', '.join(EXTENSIONS)})")
+    try:
+        with Image.open(path) as probe:
+            w, h = probe.size
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{path}: image too large (possible decompression bomb): {e}") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{path}: not a readable image ({e})") from e
+    if w * h > max_pixels:
+        raise InputError(f"{path}: {w}x{h} = {w * h / 1e6:.0f} MP is over the {max_pixels / 1e6:.0f} MP limit "
+                         "(refused as a possible decompression bomb; downscale it first)")
+    if min(w, h) < min_side:
+        raise InputError(f"{path}: {w}x{h} is too small (the shorter side must be at least {min_side} px)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()  # decodes every byte: truncated files fail here
+                im = ImageOps.exif_transpose(im)
+                return _to_rgb(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"{path}: corrupt or truncated image ({e})") from e
+
+
+def load_subject_images(images: str | Path | list, min_images: int = 1, max_images: int = MAX_IMAGES,
+                        min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS) -> list[Image.Image]:
+    """A folder of photos (or a list of files) -> RGB images, sorted by file name.
+
+    Bad files are skipped with one warning naming each of them, as long as at least `min_images` good ones remain;
+    otherwise an InputError lists every problem.
+    """
+    if isinstance(images, (list, tuple)):
+        files = [Path(p) for p in images]
+        where = "the given files"
+    else:
+        folder = Path(images)
+        where = str(folder)
+        if not folder.exists():
+            raise InputError(f"--images {folder}: no such folder")
+        if folder.is_file():
+            files = [folder]
+        else:
+            files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise InputError(f"--images {where}: the folder is empty (put 1-{max_images} photos of the subject in it)")
+    good, skipped = [], []
+    for f in files:
+        try:
+            good.append(load_image(f, min_side=min_side, max_pixels=max_pixels))
+        except InputError as e:
+            skipped.append(Skipped(f, str(e)))
+    if len(good) < min_images:
+        detail = "\n  ".join(s.reason for s in skipped)
+        raise InputError(f"--images {where}: {len(good)} usable photo(s), need at least {min_images}:\n  {detail}")
+    if len(good) > max_images:
+        raise InputError(f"--images {where}: {len(good)} photos; use at most {max_images}")
+    if skipped:
+        warnings.warn("skipped " + str(len(skipped)) + " file(s):\n  " + "\n  ".join(s.reason for s in skipped),
+                      stacklevel=2)
+    return good
+
+
+def center_square(im: Image.Image, size: int) -> Image.Image:
+    """Centre crop to a square, then resize to size x size (bicubic)."""
+    w, h = im.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return im.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
+
+
+# --- the output folder -------------------------------------------------------------------------------------------
+
+def is_concept(path: str | Path) -> bool:
+    return (Path(path) / CONCEPT_FILE).is_file()
+
+
+def check_out(out: str | Path, overwrite_concept: bool = True) -> Path:
+    """--out must not exist, be an empty folder, or be a concept folder (which a new run replaces)."""
+    out = Path(out)
+    if out.exists():
+        if out.is_file():
+            raise InputError(f"--out {out}: is a file, not a folder")
+        if any(out.iterdir()) and not is_concept(out):
+            raise InputError(f"--out {out}: exists and is not a boothkit concept folder (no {CONCEPT_FILE}); "
+                             "pick a new folder")
+        if is_concept(out) and not overwrite_concept:
+            raise InputError(f"--out {out}: a concept already exists there")
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot create its parent folder: {e.strerror or e}") from e
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"--out {out}: {parent} is not writable")
+    return out
+
+
+def staging_dir(out: str | Path) -> Path:
+    """A fresh temporary folder next to `out` (same file system, so the final rename is atomic)."""
+    out = Path(out)
+    tmp = out.resolve().parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish(staged: Path, out: str | Path) -> Path:
+    """Move a finished staging folder into place at `out` (replacing an older concept there)."""
+    out = Path(out)
+    old = None
+    if out.exists():
+        old = out.resolve().parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+    os.replace(staged, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def read_concept(path: str | Path) -> dict:
+    path = Path(path)
+    if not is_concept(path):
+        raise InputError(f"--concept {path}: not a concept folder (no {CONCEPT_FILE})")
+    try:
+        return json.loads((path / CONCEPT_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"--concept {path}: {CONCEPT_FILE} is not valid JSON ({e})") from e

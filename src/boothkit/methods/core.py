@@ -1,0 +1,199 @@
+"""tune() and apply_concepts(): the method-independent path from photos to a concept folder and back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from .. import __version__
+from ..inputs import (CONCEPT_FILE, InputError, check_out, load_subject_images, publish, read_concept,
+                      staging_dir)
+from ..training.data import ImageSet
+from ..training.recipe import Subject
+
+
+def _spec(method: str):
+    from . import METHODS
+
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+    return METHODS[method]
+
+
+def instance_prompt(token: str, class_noun: str) -> str:
+    return f"a photo of {token} {class_noun}".strip()
+
+
+def prior_prompt(class_noun: str) -> str:
+    return f"a photo of a {class_noun}"
+
+
+def work_dir_for(out: Path) -> Path:
+    """Checkpoints, validation grids and logs of a run live next to --out until it succeeds."""
+    return out.resolve().parent / f".{out.name}.train"
+
+
+def _photos_hash(images: list) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for im in images:
+        h.update(im.tobytes())
+        h.update(str(im.size).encode())
+    return h.hexdigest()[:16]
+
+
+def tune(method: str, images, class_noun: str, out, *, model: str = "world", steps: int | None = None,
+         identifier: str | None = None, config: dict | None = None, resume: bool = False,
+         progress: Callable[[int, int], None] | None = None, subjects: list[tuple] | None = None,
+         on_step: Callable[[int, float], None] | None = None, device: str | None = "cpu") -> Path:
+    """Personalise `model` on the photos in `images`; write a concept folder at `out`; return its path.
+
+    subjects: more (images, class_noun) pairs trained jointly (methods with multi_concept, i.e. Custom Diffusion);
+    each gets its own token (<new1>, <new2>, ...). device: where the pipeline is loaded before accelerate moves
+    it (accelerate picks the training device).
+    """
+    from ..pipeline import load_pipeline, model_hash
+    from ..training.loop import cpu_only, train
+
+    spec = _spec(method)
+    if not class_noun or not class_noun.strip():
+        raise InputError("--class is required (the subject's class noun, e.g. dog)")
+    cfg = spec.config.from_dict(config)
+    if steps is not None:
+        cfg.steps = steps
+    cfg.validate()
+    out = check_out(out)
+    pairs = [(images, class_noun)] + list(subjects or [])
+    if len(pairs) > 1 and not spec.multi_concept:
+        raise InputError(f"method {method!r} trains one subject at a time (several: --method custom)")
+    photo_sets = [load_subject_images(imgs) for imgs, _ in pairs]  # raises InputError before anything is written
+
+    from accelerate import PartialState
+
+    state = PartialState(cpu=cpu_only())  # under `accelerate launch`: one of several processes; only the main one writes
+    pipe = load_pipeline(model, device=device, dtype="fp32", progress=False)
+    base_hash = model_hash(model)
+    size = cfg.resolution or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    tokens = _tokens(spec, identifier, len(pairs))
+    subs = []
+    for (imgs, cls), photos, token in zip(pairs, photo_sets, tokens):
+        prior = None
+        if spec.uses_prior(cfg):
+            from .class_images import class_images
+
+            pp = prior_prompt(cls)
+            with state.main_process_first():  # the main process fills the cache, the others read it
+                imgs_c = class_images(pipe, base_hash, pp, cfg.num_class_images, cfg.class_sample_steps)
+            prior = ImageSet.from_images(imgs_c, size, pp)
+        subs.append(Subject(ImageSet.from_images(photos, size, instance_prompt(token, cls)), cls, token, prior))
+
+    # what decides the weights after step k (so a resume may change --steps or the checkpoint/validation cadence)
+    trajectory = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_TRAJECTORY}
+    run_info = {"method": method, "model_hash": base_hash, "config": trajectory, "tokens": tokens,
+                "classes": [c for _, c in pairs], "photos": [_photos_hash(p) for p in photo_sets]}
+    work = work_dir_for(out)
+    if state.is_main_process:
+        if not resume and work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+    recipe = spec.recipe(pipe, cfg, subs)
+    stats = train(recipe, cfg, work, resume=resume, run_info=run_info, progress=progress, on_step=on_step)
+    if not stats["is_main_process"]:
+        return out
+    staged = staging_dir(out)
+    try:
+        saved = recipe.save_artifact(staged)
+        for extra in ("validation", "train_log.jsonl"):
+            if (work / extra).exists():
+                (shutil.copytree if (work / extra).is_dir() else shutil.copy2)(work / extra, staged / extra)
+        meta = {
+            "method": method,
+            "base_model": model,
+            "model_hash": base_hash,
+            "tokens": tokens,
+            "class": class_noun,
+            "classes": [c for _, c in pairs],
+            "prompt": instance_prompt(tokens[0], class_noun),
+            "resolution": size,
+            "config": cfg.to_dict(),
+            "files": saved.get("files", []),
+            "boothkit_version": __version__,
+            "training": {"first_step": stats["first_step"], "steps": stats["steps"],
+                         "train_seconds": round(stats["train_seconds"], 2),
+                         "final_loss": stats["losses"][-1] if stats["losses"] else None},
+            **{k: v for k, v in saved.items() if k != "files"},
+        }
+        (staged / CONCEPT_FILE).write_text(json.dumps(meta, indent=1))
+        publish(staged, out)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    if not cfg.keep_training_state:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+_NOT_TRAJECTORY = {"steps", "checkpoint_every", "keep_checkpoints", "validate_every", "validation_images",
+                   "validation_steps", "validation_prompt", "keep_training_state"}
+
+
+def _tokens(spec, identifier: str | None, n: int) -> list[str]:
+    base = identifier or spec.default_identifier
+    if n == 1:
+        return [base]
+    if "1" in base:
+        return [base.replace("1", str(i + 1)) for i in range(n)]
+    return [f"{base}{i + 1}" for i in range(n)]
+
+
+def pipeline_model_hash(pipe) -> str:
+    """The content hash of the base model a pipeline was loaded from (cached on the pipeline)."""
+    from ..pipeline import model_hash
+
+    if getattr(pipe, "boothkit_model_hash", None) is None:
+        model = getattr(pipe, "boothkit_model", None) or pipe.config.get("_name_or_path")
+        pipe.boothkit_model_hash = model_hash(model)
+    return pipe.boothkit_model_hash
+
+
+def apply_concepts(pipe, concept_dirs) -> object:
+    """Load concept folders into `pipe` (full DreamBooth first, then adapters/embeddings); returns pipe.
+
+    Refuses (InputError) a concept whose base model hash differs from the pipeline's.
+    """
+    metas = []
+    for d in concept_dirs:
+        d = Path(d)
+        meta = read_concept(d)
+        if meta.get("method") not in _registered():
+            raise InputError(f"--concept {d}: unknown method {meta.get('method')!r} in {CONCEPT_FILE}")
+        have = pipeline_model_hash(pipe)
+        if meta.get("model_hash") != have:
+            raise InputError(
+                f"--concept {d} was trained on base model {meta.get('base_model')!r} (hash {meta.get('model_hash')}), "
+                f"but this pipeline's base model has hash {have}: load it with the model it was made for "
+                f"(--model {meta.get('base_model')})")
+        metas.append((d, meta))
+    metas.sort(key=lambda dm: dm[1]["method"] != "dreambooth")
+    if sum(m["method"] == "dreambooth" for _, m in metas) > 1:
+        raise InputError("at most one full DreamBooth concept can be applied (each one replaces the UNet)")
+    lora_names = []
+    for d, meta in metas:
+        spec = _spec(meta["method"])
+        name = spec.load(pipe, d, meta)
+        if meta["method"] == "lora" and name:
+            lora_names.append(name)
+    if len(lora_names) > 1:
+        pipe.set_adapters(lora_names, [1.0] * len(lora_names))
+    return pipe
+
+
+def _registered():
+    from . import METHODS
+
+    return METHODS

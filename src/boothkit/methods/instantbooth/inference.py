@@ -1,0 +1,181 @@
+"""Using a trained InstantBooth: on any diffusers Stable Diffusion pipeline, and boothkit's own path.
+
+With diffusers alone (plus this module)::
+
+    from diffusers import StableDiffusionPipeline
+    from boothkit.methods.instantbooth import install_instantbooth
+
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir)       # a pipeline with an image_encoder
+    ib = install_instantbooth(pipe, "instantbooth-person")          # adapters -> pipe.unet's attn1 processors
+    ib.set_images([Image.open(p) for p in photos])                  # any number of reference photos
+    image = pipe(prompt_embeds=ib.encode_prompt("a photo of sks person on a red background")).images[0]
+    ib.remove()                                                     # the UNet is stock again
+
+No gradient step anywhere: the reference photos go through the frozen vision tower and the two heads once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ...inputs import InputError
+from . import artifact
+from .modules import Attached, InstantBooth, attach, image_features, model_dims, normalise_pixels
+
+
+def mask_flat_background(im, thresh: int = 24):
+    """Paint the background connected to the image's corners white (flood fill, tolerance `thresh`).
+
+    Pretraining shows the encoder objects with their background masked out on white (§3.1 of the paper); the
+    world's reference photos have flat backgrounds, which this removes the same way. Photos with busy backgrounds
+    are better masked by a segmenter first (pass mask_background=False then).
+    """
+    from PIL import ImageDraw
+
+    im = im.convert("RGB").copy()
+    w, h = im.size
+    for xy in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)):
+        if im.getpixel(xy) != (255, 255, 255):
+            ImageDraw.floodfill(im, xy, (255, 255, 255), thresh=thresh)
+    return im
+
+
+class InstantBoothPipeline:
+    """The handle `install_instantbooth` returns: reference images in, prompt embeddings out."""
+
+    def __init__(self, pipe, model: InstantBooth, meta: dict, attached: Attached):
+        self.pipe, self.model, self.meta, self.attached = pipe, model, meta, attached
+        self.concept: torch.Tensor | None = None  # [text_dim], set by set_images
+        tok = pipe.tokenizer
+        ids = tok(model.cfg.identifier, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise InputError(f"identifier {model.cfg.identifier!r} is {len(ids)} tokens for this tokenizer; "
+                             "InstantBooth needs a single-token identifier")
+        self.token_id = ids[0]
+
+    @property
+    def cfg(self):
+        return self.model.cfg
+
+    def pixel_values(self, images) -> torch.Tensor:
+        """PIL images -> [N, 3, S, S] the way pretraining fed the vision tower (resize, mean/std of the artifact)."""
+        import numpy as np
+
+        pre = self.meta["preprocessing"]
+        s = pre["image_size"]
+        from PIL import Image
+
+        arr = [np.asarray(im.convert("RGB").resize((s, s), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+               for im in images]
+        x = torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2)  # [N, 3, S, S] in [0, 1]
+        return normalise_pixels(x, s, pre["mean"], pre["std"])
+
+    @torch.no_grad()
+    def set_images(self, images, beta: float | None = None, mask_background: bool = True) -> None:
+        """Encode N >= 1 reference images of ONE subject: the mean concept embedding and all N images' patches."""
+        if not images:
+            raise InputError("InstantBooth needs at least one reference image")
+        if mask_background:
+            images = [mask_flat_background(im) for im in images]
+        enc = self.pipe.image_encoder
+        embeds, tokens = image_features(enc, self.pixel_values(images))  # [N, E], [N, T, H]
+        head_param = next(self.model.concept_head.parameters())
+        embeds, tokens = embeds.to(head_param), tokens.to(head_param)
+        concept, patches = self.model.encode(embeds[None], tokens[None])  # [1, D], [1, N * T, C]
+        self.concept = concept[0]
+        self.attached.set_patches(patches, self.cfg.beta if beta is None else beta)
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str | list[str], alpha: float | None = None) -> torch.Tensor:
+        """Text encoder output with the identifier's output replaced by alpha * concept -> [B, 77, text_dim]."""
+        from .modules import inject_concept
+
+        if self.concept is None:
+            raise InputError("call set_images(...) before encode_prompt(...)")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        tok, te = self.pipe.tokenizer, self.pipe.text_encoder
+        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids
+        for p, row in zip(prompts, ids):
+            if not (row == self.token_id).any():
+                raise InputError(f"prompt {p!r} does not contain the identifier {self.cfg.identifier!r} "
+                                 f"(e.g. 'a photo of {self.cfg.identifier} {self.meta.get('class') or 'person'}')")
+        hidden = te(ids.to(te.device))[0]  # [B, 77, D], as StableDiffusionPipeline.encode_prompt computes it
+        return inject_concept(hidden, ids, self.token_id, self.concept.to(hidden.device),
+                              self.cfg.alpha if alpha is None else alpha)
+
+    def remove(self) -> None:
+        """Detach the adapters: pipe.unet is the stock UNet again."""
+        self.attached.detach()
+
+
+def install_instantbooth(pipe, weights_dir: str | Path, alpha: float | None = None,
+                         beta: float | None = None) -> InstantBoothPipeline:
+    """Install a trained InstantBooth (artifact folder) into a diffusers StableDiffusionPipeline.
+
+    The adapters become attention processors of every transformer block's ``attn1`` in ``pipe.unet`` (plus a
+    forward pre-hook per block); the heads stay in the returned handle. The pipeline needs ``image_encoder`` (the
+    vision tower the artifact was trained with) and its tokenizer must read the identifier as one token.
+    Then: ``handle.set_images(photos)`` and ``pipe(prompt_embeds=handle.encode_prompt(prompt), ...)``.
+    alpha / beta override the artifact's inference defaults (concept scale, adapter strength).
+    """
+    model, meta = artifact.load(weights_dir, alpha=alpha, beta=beta)
+    have = model_dims(pipe)
+    for k in ("vision_hidden", "vision_embed", "text_dim", "cross_dim"):
+        if have[k] != meta["dims"][k]:
+            raise InputError(f"--instant {weights_dir}: made for {k}={meta['dims'][k]}, this pipeline has {have[k]} "
+                             f"(it was trained on base model {meta.get('base_model')!r})")
+    p = next(pipe.text_encoder.parameters())
+    model.to(p.device, p.dtype)
+    attached = attach(pipe.unet, model, beta=model.cfg.beta)
+    return InstantBoothPipeline(pipe, model, meta, attached)
+
+
+def load_reference_images(images) -> list:
+    """A folder (or list) of photos -> validated RGB PIL images (boothkit.inputs rules); PIL images pass through."""
+    from PIL import Image
+
+    from ...inputs import load_subject_images
+
+    if isinstance(images, (list, tuple)) and images and all(isinstance(i, Image.Image) for i in images):
+        return list(images)
+    return load_subject_images(images)
+
+
+def generate_instant(pipe, artifact_dir: str | Path, ref_images, prompt: str, cfg=None, *, alpha: float | None = None,
+                     beta: float | None = None, mask_background: bool = True, check_model: bool = True) -> list:
+    """Personalised images without any training step: -> list of PIL images (image i uses seed cfg.seed + i).
+
+    ref_images: a folder of photos, a list of files, or PIL images (any number, one subject). cfg: a
+    boothkit.generate.GenerateConfig (n, seed, steps, guidance, size, negative prompt). The pipeline is left as it
+    was (adapters removed) when this returns. check_model: refuse an artifact trained on another base model.
+    """
+    from ...generate import GenerateConfig, check_prompt, native_size
+
+    cfg = cfg or GenerateConfig()
+    meta = artifact.read_meta(artifact_dir)
+    if check_model and meta.get("model_hash"):
+        from ..core import pipeline_model_hash
+
+        have = pipeline_model_hash(pipe)
+        if have != meta["model_hash"]:
+            raise InputError(f"--instant {artifact_dir} was trained on base model {meta.get('base_model')!r} "
+                             f"(hash {meta['model_hash']}), but this pipeline's base model has hash {have}")
+    refs = load_reference_images(ref_images)
+    check_prompt(pipe, prompt)
+    ib = install_instantbooth(pipe, artifact_dir, alpha=alpha, beta=beta)
+    try:
+        ib.set_images(refs, mask_background=mask_background)
+        embeds = ib.encode_prompt(prompt)
+        size = native_size(pipe)
+        out = []
+        for i in range(cfg.n):
+            g = torch.Generator("cpu").manual_seed(cfg.seed + i)  # CPU noise: the same pixels on every device
+            out.append(pipe(prompt_embeds=embeds, height=cfg.height or size, width=cfg.width or size,
+                            num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
+                            negative_prompt=cfg.negative_prompt, generator=g).images[0])
+        return out
+    finally:
+        ib.remove()

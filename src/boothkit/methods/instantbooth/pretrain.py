@@ -1,0 +1,301 @@
+"""Pretraining InstantBooth on world scenes of train concepts (Shi et al. 2023, §3.1 data, §3.5 training).
+
+Per step, for a batch of single-object scenes of the chosen class (held-out subjects are never drawn):
+  target     the full scene; its caption names the object "sks <class>" (identifier + class noun)
+  condition  the same object, rendered in its plain colour style, cut out with the renderer's alpha mask onto
+             white, then augmented (random scale, shift, flip, colour jitter). Decisions: the condition is
+             re-centred by the crop, so the model cannot copy the position, and it is always the colour style
+             (styles such as "grayscale" come from the caption only), so style words stay in the text's control.
+  loss       the plain denoising loss (training.loss.denoising_loss) with the concept embedding injected at
+             "sks" (alpha = 1) and the adapters on (beta = 1), as in the paper's training.
+Trainable: the concept head, the patch head and the adapters (two AdamW groups with their own learning rates);
+the VAE, text encoder, vision tower and UNet are frozen. A step's scenes, augmentation, noise and timesteps are a
+pure function of (seed, step), and checkpoints carry the optimizer state, so a resumed run reproduces the
+uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ...inputs import InputError
+from ...training.checkpoint import (latest_checkpoint, load_checkpoint, load_optimizer_tensors, optimizer_tensors,
+                                    save_checkpoint)
+from . import artifact
+from .config import InstantBoothConfig, PretrainConfig
+from .modules import InstantBooth, attach, image_features, inject_concept, model_dims, normalise_pixels
+
+#: config fields a resumed run may change (everything else must match the checkpoint's run)
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "val_every", "val_batches"}
+
+
+def _seed(seed: int, name: str) -> int:
+    import hashlib
+
+    return int(hashlib.sha1(f"instantbooth:{seed}:{name}".encode()).hexdigest()[:8], 16)
+
+
+def preprocessing_of(pipe) -> dict:
+    """How images are fed to the vision tower: its input size and the feature extractor's mean/std."""
+    fe = getattr(pipe, "feature_extractor", None)
+    mean = list(getattr(fe, "image_mean", None) or [0.48145466, 0.4578275, 0.40821073])
+    std = list(getattr(fe, "image_std", None) or [0.26862954, 0.26130258, 0.27577711])
+    return {"image_size": int(pipe.image_encoder.config.image_size), "mean": mean, "std": std,
+            "background": "masked to white"}
+
+
+class ScenePairs:
+    """Batch `step` of (target scene, condition crop, caption): a pure function of (seed, step)."""
+
+    def __init__(self, cfg: PretrainConfig, identifier: str, device, heldout: bool = False):
+        from ...world.atlas import load_atlas
+        from ...world.concepts import concept_index, heldout_concepts, train_concepts
+        from ...world.render import SceneRenderer
+        from ...world.scenes import SceneSampler
+
+        idx = concept_index()
+        # heldout=True only for the validation loss: held-out subjects are never trained on
+        concepts = heldout_concepts() if heldout else train_concepts()
+        pool = [(idx[c.id], c) for c in concepts if cfg.cls == "all" or c.cls == cfg.cls]
+        if not pool:
+            raise InputError(f"no {'held-out' if heldout else 'train'} concepts of class {cfg.cls!r}")
+        self.cfg, self.identifier, self.device = cfg, identifier, torch.device(device)
+        # single objects only (the paper keeps single-object images); always named, so "sks <class>" can stand in
+        self.sampler = SceneSampler(pool, p_two=0.0, p_class_only=0.0)
+        self.renderer = SceneRenderer(load_atlas(progress=False), self.device)
+        self.n_concepts = len(pool)
+
+    def make(self, step: int) -> dict:
+        from ...world.render import SceneBatch
+        from ...world.scenes import caption
+
+        rng = random.Random(f"instantbooth:{self.cfg.seed}:{step}")
+        scenes = []
+        for _ in range(self.cfg.batch_size):
+            s = self.sampler.sample(rng)
+            obj = s.objects[0]
+            obj.name = f"{self.identifier} {obj.cls}"
+            s.caption = caption(s, rng)
+            scenes.append(s)
+        sb = SceneBatch.from_scenes(scenes)
+        target = self.renderer.render(sb)  # [B, 3, 64, 64] in [0, 1]
+        plain = SceneBatch(sb.concept, sb.size_px, sb.cx, sb.cy, torch.zeros_like(sb.style), sb.valid, sb.bg)
+        canvas, masks = self.renderer.render(plain, return_masks=True)
+        g = torch.Generator("cpu").manual_seed(_seed(self.cfg.seed, f"augment-{step}"))
+        cond = self.condition(canvas, masks[:, :1], sb, g)
+        return {"target": target, "condition": cond, "captions": [s.caption for s in scenes],
+                "concepts": sb.concept[:, 0].tolist()}
+
+    def condition(self, canvas, alpha, sb, g: torch.Generator) -> torch.Tensor:
+        """Cut the object out onto white, re-centre it at a random scale/shift, flip, jitter colours.
+
+        canvas [B, 3, S, S] (object over a flat background), alpha [B, 1, S, S] -> [B, 3, S, S] in [0, 1]
+        """
+        cfg, dev = self.cfg, canvas.device
+        b, _, s, _ = canvas.shape
+        bg = sb.bg.to(dev).view(b, 3, 1, 1)
+        on_white = canvas + (1 - bg) * (1 - alpha)  # un-composite: canvas = bg (1 - a) + rgb a -> white (1 - a) + rgb a
+        u = lambda *shape: torch.rand(*shape, generator=g).to(dev)  # noqa: E731
+        lo, hi = cfg.cond_scale
+        frac = lo + (hi - lo) * u(b)  # object's side in the condition, as a fraction of the image
+        scale = (sb.size_px.to(dev)[:, 0] / s) / frac  # source extent per output extent
+        flip = torch.where(u(b) < cfg.cond_flip, -1.0, 1.0)
+        shift = (u(b, 2) * 2 - 1) * cfg.cond_shift * 2  # in normalised [-1, 1] coordinates
+        cx = sb.cx.to(dev)[:, 0] / s * 2 - 1
+        cy = sb.cy.to(dev)[:, 0] / s * 2 - 1
+        theta = torch.zeros(b, 2, 3, device=dev)
+        theta[:, 0, 0] = scale * flip
+        theta[:, 0, 2] = cx - scale * shift[:, 0]
+        theta[:, 1, 1] = scale
+        theta[:, 1, 2] = cy - scale * shift[:, 1]
+        grid = F.affine_grid(theta, [b, 4, s, s], align_corners=False)
+        warped = F.grid_sample(torch.cat([on_white - 1, alpha], 1), grid, mode="bilinear", padding_mode="zeros",
+                               align_corners=False)  # outside the scene: white, alpha 0
+        rgb, a = warped[:, :3] + 1, warped[:, 3:]
+        j = cfg.cond_jitter
+        gain = 1 + j * (u(b, 3) * 2 - 1)  # per-channel colour gain
+        contrast = 1 + j * (u(b, 1) * 2 - 1)
+        bright = j * 0.5 * (u(b, 1) * 2 - 1)
+        rgb = ((rgb - 0.5) * contrast.view(b, 1, 1, 1) + 0.5) * gain.view(b, 3, 1, 1) + bright.view(b, 1, 1, 1)
+        return (rgb.clamp(0, 1) * a + (1 - a)).clamp(0, 1)  # jitter the object only; background stays white
+
+
+def base_meta(pipe, model: str, model_cfg: InstantBoothConfig, cls: str) -> dict:
+    """What the artifact's json records about the base model and how to use the artifact."""
+    from ...pipeline import model_hash
+
+    return {"method": "instantbooth", "base_model": model, "model_hash": model_hash(model),
+            "class": None if cls == "all" else cls, "classes": cls, "identifier": model_cfg.identifier,
+            "preprocessing": preprocessing_of(pipe),
+            "prompt": f"a photo of {model_cfg.identifier} {'person' if cls == 'all' else cls}"}
+
+
+def write_untrained(out: str | Path, pipe, model: str = "world", model_cfg: InstantBoothConfig | None = None,
+                    seed: int = 0, cls: str = "all") -> Path:
+    """An artifact with freshly initialised weights (gamma = 0, so the adapters change nothing): what a trained one
+    costs at inference, and a fixture for tests. Marked "trained": false in its json."""
+    model_cfg = model_cfg or InstantBoothConfig()
+    torch.manual_seed(_seed(seed, "init"))
+    ib = InstantBooth(model_cfg, model_dims(pipe))
+    return artifact.save(ib, out, {**base_meta(pipe, model, model_cfg, cls), "trained": False})
+
+
+def _trainable_groups(model: InstantBooth, cfg: PretrainConfig) -> list[dict]:
+    heads = list(model.concept_head.parameters()) + list(model.patch_head.parameters())
+    return [{"params": heads, "lr": cfg.lr_heads, "name": "heads"},
+            {"params": list(model.adapters.parameters()), "lr": cfg.lr_adapters, "name": "adapters"}]
+
+
+def pretrain_instantbooth(out: str | Path, cfg: PretrainConfig, model_cfg: InstantBoothConfig | None = None, *,
+                          model: str = "world", work: str | Path | None = None, resume: bool = False,
+                          device: str | None = "cpu", progress: bool = True,
+                          on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Train the heads and adapters; write the artifact to `out`; return a summary.
+
+    work: checkpoints and train_log.jsonl (default: `<out>.work` next to out). resume: continue from the newest
+    complete checkpoint in work (refused if the run's settings differ, except steps and the checkpoint and
+    validation cadence). train_log.jsonl gets the loss per step and, every cfg.val_every steps, the loss on fixed
+    batches of HELD-OUT concepts (evaluated only, never trained on).
+    """
+    from tqdm.auto import tqdm
+
+    from ...pipeline import load_pipeline, model_hash, pick_device
+    from ...training.loss import denoising_loss, training_scheduler
+
+    model_cfg = model_cfg or InstantBoothConfig()
+    out = Path(out)
+    if out.exists() and (out.is_file() or any(out.iterdir()) and not artifact.is_artifact(out)):
+        raise InputError(f"--out {out}: exists and is not an InstantBooth artifact folder; pick a new folder")
+    work = Path(work) if work else out.resolve().parent / f"{out.name}.work"
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    pipe = load_pipeline(model, device=str(dev), dtype="fp32", progress=False)
+    for m in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.image_encoder):
+        m.requires_grad_(False).eval()
+    tok = pipe.tokenizer
+    ids = tok(model_cfg.identifier, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        raise InputError(f"identifier {model_cfg.identifier!r} is {len(ids)} tokens; use a single-token word")
+    token_id = ids[0]
+    dims = model_dims(pipe)
+    pre = preprocessing_of(pipe)
+    torch.manual_seed(_seed(cfg.seed, "init"))
+    ib = InstantBooth(model_cfg, dims).to(dev).train()
+    attached = attach(pipe.unet, ib, beta=1.0)
+    opt = torch.optim.AdamW(_trainable_groups(ib, cfg), weight_decay=cfg.weight_decay)
+    sched = training_scheduler(pipe)
+    scaling = float(pipe.vae.config.scaling_factor)
+    run = json.loads(json.dumps({"config": cfg.to_dict(), "model_config": model_cfg.to_dict(), "base_model": model,
+                                 "model_hash": model_hash(model)}))  # as the checkpoint's meta.json will read back
+
+    start = 0
+    ck = latest_checkpoint(work) if resume else None
+    if ck is not None:
+        meta, groups = load_checkpoint(ck)
+        old = meta.get("run", {})
+        diff = sorted(k for k in set(old.get("config", {})) | set(run["config"])
+                      if old.get("config", {}).get(k) != run["config"].get(k) and k not in _RESUMABLE_CHANGES)
+        if diff or old.get("model_config") != run["model_config"] or old.get("model_hash") != run["model_hash"]:
+            raise InputError(f"--resume: {ck} belongs to a run with other settings ({diff or 'model'}); "
+                             "start a new run (without --resume) or use its settings")
+        ib.load_state_dict(groups["model"])
+        load_optimizer_tensors(opt, groups["optimizer"])
+        start = meta["step"]
+    elif not resume and work.exists():
+        import shutil
+
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    if start >= cfg.steps:
+        raise InputError(f"--resume: {ck} is already at step {start} >= --steps {cfg.steps}")
+
+    def batch_loss(batch: dict, g: torch.Generator) -> torch.Tensor:
+        """Per-example denoising loss of one batch with the concept token and the adapters on (alpha = beta = 1)."""
+        with torch.no_grad():
+            x = batch["target"] * 2 - 1
+            latents = pipe.vae.encode(x).latent_dist.sample(generator=g) * scaling  # [B, 4, h, w]
+            input_ids = tok(batch["captions"], padding="max_length", max_length=tok.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids
+            hidden = pipe.text_encoder(input_ids.to(dev))[0]  # [B, 77, text_dim]
+            pix = normalise_pixels(batch["condition"], pre["image_size"], pre["mean"], pre["std"])
+            embeds, tokens = image_features(pipe.image_encoder, pix)  # [B, E], [B, T, H]
+        concept, patches = ib.encode(embeds[:, None], tokens[:, None])  # one condition image per scene (N = 1)
+        cond = inject_concept(hidden, input_ids, token_id, concept, alpha=1.0)
+        attached.set_patches(patches, beta=1.0)
+        return denoising_loss(pipe.unet, sched, latents, cond, g)  # [B]
+
+    val_data = ScenePairs(cfg, model_cfg.identifier, dev, heldout=True) if cfg.val_batches else None
+    val_set = [val_data.make(10**9 + i) for i in range(cfg.val_batches)] if val_data else []
+
+    @torch.no_grad()
+    def heldout_loss() -> float | None:
+        """Mean loss on fixed batches of held-out subjects, fixed noise: comparable across steps and runs."""
+        if not val_set:
+            return None
+        ib.eval()
+        out = [batch_loss(b, torch.Generator("cpu").manual_seed(_seed(cfg.seed, f"val-{i}"))).mean().item()
+               for i, b in enumerate(val_set)]
+        ib.train()
+        return sum(out) / len(out)
+
+    data = ScenePairs(cfg, model_cfg.identifier, dev)
+    log = open(work / "train_log.jsonl", "a")
+    val_first = heldout_loss()
+    if val_first is not None:
+        log.write(json.dumps({"step": start, "heldout_loss": val_first}) + "\n")
+    val_last = val_first
+    params = [p for grp in opt.param_groups for p in grp["params"]]
+    t0, losses = time.time(), []
+    bar = tqdm(total=cfg.steps, initial=start, desc="pretrain instantbooth", disable=not progress,
+               dynamic_ncols=True)
+    for step in range(start, cfg.steps):
+        batch = data.make(step)
+        g = torch.Generator("cpu").manual_seed(_seed(cfg.seed, f"noise-{step}"))
+        loss = batch_loss(batch, g).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step}; "
+                                     f"last checkpoint: {latest_checkpoint(work)}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        done = step + 1
+        lv = float(loss.detach())
+        losses.append(lv)
+        gammas = torch.stack([a.gamma.detach() for a in ib.adapters.values()])
+        log.write(json.dumps({"step": done, "loss": lv, "mean_abs_tanh_gamma": float(gammas.tanh().abs().mean()),
+                              "t": round(time.time() - t0, 3)}) + "\n")
+        log.flush()
+        if val_set and (done == cfg.steps or (cfg.val_every and done % cfg.val_every == 0)):
+            val_last = heldout_loss()
+            log.write(json.dumps({"step": done, "heldout_loss": val_last}) + "\n")
+            log.flush()
+        if on_step:
+            on_step(done, lv)
+        bar.update(1)
+        bar.set_postfix(loss=f"{lv:.4f}")
+        if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+            save_checkpoint(work, done, {"model": ib.state_dict(), "optimizer": optimizer_tensors(opt)},
+                            {"run": run}, keep=cfg.keep_checkpoints)
+    bar.close()
+    log.close()
+    attached.detach()
+    seconds = time.time() - t0
+    summary = {"steps": cfg.steps, "first_step": start, "batch_size": cfg.batch_size,
+               "train_seconds": round(seconds, 2), "final_loss": losses[-1] if losses else None,
+               "n_train_concepts": data.n_concepts, "device": str(dev),
+               "heldout_loss": {"first": val_first, "last": val_last, "batches": cfg.val_batches,
+                                "n_heldout_concepts": val_data.n_concepts if val_data else 0}}
+    artifact.save(ib, out, {**base_meta(pipe, model, model_cfg, cfg.cls), "trained": True,
+                            "pretrain": {"config": cfg.to_dict(), **summary}})
+    return {"out": str(out), "work": str(work), **summary}

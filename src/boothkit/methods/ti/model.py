@@ -1,0 +1,93 @@
+"""What Textual Inversion trains: the embedding rows of a new placeholder token, nothing else.
+
+The whole embedding matrix has requires_grad (that is how nn.Embedding works), so after every optimizer step the
+rows of all other tokens are copied back from a saved original: they stay bit-identical (a test checks).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...inputs import InputError
+from ...training.recipe import Recipe
+
+
+def token_names(token: str, n: int) -> list[str]:
+    """diffusers' multi-vector convention: <tok>, <tok>_1, ..., <tok>_{n-1}."""
+    return [token] + [f"{token}_{i}" for i in range(1, n)]
+
+
+def add_tokens(tokenizer, text_encoder, tokens: list[str], init_word: str) -> list[int]:
+    """Add tokens to the tokenizer, grow the embedding, initialise the new rows from init_word's first token."""
+    added = tokenizer.add_tokens(tokens)
+    if added != len(tokens):
+        raise InputError(f"token(s) {tokens} already exist in the tokenizer: pick a new placeholder (--identifier)")
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    init_ids = tokenizer.encode(init_word, add_special_tokens=False)
+    if not init_ids:
+        raise InputError(f"initialiser word {init_word!r} encodes to no token")
+    emb = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        for i in ids:
+            emb[i] = emb[init_ids[0]].clone()
+    return ids
+
+
+def expand_prompt(prompt: str, token: str, n: int) -> str:
+    """'a photo of <t> dog' -> 'a photo of <t> <t>_1 <t>_2 dog' (what the pipeline's loader does at inference)."""
+    return prompt.replace(token, " ".join(token_names(token, n))) if n > 1 else prompt
+
+
+class EmbeddingRows:
+    """Trains chosen rows of the text encoder's input embedding; restores every other row after each step."""
+
+    def __init__(self, text_encoder, ids: list[int]):
+        self.emb = text_encoder.get_input_embeddings().weight
+        self.ids = torch.tensor(ids)
+        self.frozen = torch.ones(self.emb.shape[0], dtype=torch.bool)
+        self.frozen[self.ids] = False
+        self.original = self.emb.detach().clone()  # [V, D]
+        self.emb.requires_grad_(True)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        self.emb[self.frozen] = self.original[self.frozen].to(self.emb.device, self.emb.dtype)
+
+    def rows(self) -> torch.Tensor:
+        return self.emb.detach()[self.ids.to(self.emb.device)]  # [n, D]
+
+    @torch.no_grad()
+    def load(self, rows: torch.Tensor) -> None:
+        self.emb[self.ids.to(self.emb.device)] = rows.to(self.emb.device, self.emb.dtype)
+
+
+class TIRecipe(Recipe):
+    train_modules = ("text_encoder",)
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.vectors = {}
+        for s in self.subjects:
+            names = token_names(s.token, cfg.num_vectors)
+            ids = add_tokens(self.tokenizer, self.text_encoder, names, cfg.init_token or s.class_noun)
+            self.vectors[s.token] = ids
+            s.images.prompt = expand_prompt(s.images.prompt, s.token, cfg.num_vectors)
+        self.rows = EmbeddingRows(self.text_encoder, [i for ids in self.vectors.values() for i in ids])
+
+    def trainable_parameters(self):
+        return [self.rows.emb]
+
+    def after_step(self) -> None:
+        self.rows.restore()
+
+    def state_tensors(self):
+        return {"embeddings": self.rows.rows()}
+
+    def load_state_tensors(self, tensors):
+        self.rows.load(tensors["embeddings"])
+
+    def save_artifact(self, folder) -> dict:
+        from .artifact import save
+
+        return save(self, folder)

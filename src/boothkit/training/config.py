@@ -1,0 +1,80 @@
+"""Settings every training run shares; each method's config (methods/<name>/config.py) extends this."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+
+from ..inputs import InputError
+
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Shared training settings. Every field is recorded in concept.json."""
+
+    steps: int = 200  #: optimizer steps
+    lr: float = 1e-4  #: AdamW learning rate
+    lr_warmup: int = 0  #: linear warm-up steps
+    batch_size: int = 1  #: subject images per micro-batch (prior/regularisation images are added on top)
+    grad_accum: int = 1  #: micro-batches per optimizer step
+    weight_decay: float = 1e-2  #: AdamW weight decay
+    max_grad_norm: float = 1.0  #: gradient clipping (0 = off)
+    seed: int = 0  #: decides every random choice of the run (data, augmentation, noise, timesteps)
+    resolution: int = 0  #: training image side in pixels (0 = the model's native size)
+    flip: bool = True  #: random left-right flips of the photos
+    mixed_precision: str = "auto"  #: auto (bf16/fp16 on GPU, none on CPU), no, fp16, bf16
+    gradient_checkpointing: bool = False  #: trade compute for memory in the UNet (and trained text encoder)
+    use_8bit_adam: bool = True  #: bitsandbytes AdamW8bit when installed and on CUDA; otherwise torch AdamW
+    checkpoint_every: int = 50  #: write a resumable checkpoint every N steps (0 = never)
+    keep_checkpoints: int = 2  #: keep the newest K complete checkpoints
+    validate_every: int = 0  #: write a validation grid every N steps (0 = only at the end when validation_images > 0)
+    validation_images: int = 4  #: images per validation grid (0 = no validation)
+    validation_steps: int = 20  #: sampler steps for validation images
+    validation_prompt: str = ""  #: default: "a photo of <identifier> <class>"
+    keep_training_state: bool = False  #: keep the checkpoints folder after a successful run
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise InputError(f"config: {msg}")
+
+        need(self.steps >= 1, f"steps must be at least 1 (got {self.steps})")
+        need(self.lr > 0, f"lr must be positive (got {self.lr})")
+        need(self.lr_warmup >= 0, "lr_warmup must be >= 0")
+        need(self.batch_size >= 1, f"batch_size must be at least 1 (got {self.batch_size})")
+        need(self.grad_accum >= 1, f"grad_accum must be at least 1 (got {self.grad_accum})")
+        need(self.weight_decay >= 0, "weight_decay must be >= 0")
+        need(self.max_grad_norm >= 0, "max_grad_norm must be >= 0")
+        need(self.resolution == 0 or (self.resolution >= 8 and self.resolution % 8 == 0),
+             f"resolution must be 0 or a multiple of 8 (got {self.resolution})")
+        need(self.mixed_precision in MIXED_PRECISION,
+             f"mixed_precision must be one of {MIXED_PRECISION} (got {self.mixed_precision!r})")
+        need(self.checkpoint_every >= 0, "checkpoint_every must be >= 0")
+        need(self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1")
+        need(self.validate_every >= 0, "validate_every must be >= 0")
+        need(self.validation_images >= 0, "validation_images must be >= 0")
+        need(self.validation_steps >= 1, "validation_steps must be at least 1")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "TrainConfig":
+        """Build from a JSON object; unknown keys are an error that lists the known ones."""
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(f"config: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
+        for f in fields(cls):  # type check what JSON can get wrong
+            if f.name in d and f.type in ("int", "float", "bool", "str"):
+                v = d[f.name]
+                want = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
+                if isinstance(v, bool) and f.type in ("int", "float") or not isinstance(v, want):
+                    raise InputError(f"config: {f.name} must be {f.type} (got {v!r})")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,104 @@
+"""Training batches as a pure function of (seed, step, micro-step, process): resumed runs see the same data.
+
+No DataLoader and no global RNG: every random choice (which photo, flip, resize, noise, timestep) comes from a
+CPU generator seeded by `step_generator`, so killing a run after step k and resuming it replays steps k+1.. exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..inputs import center_square
+
+#: Custom Diffusion's size words (Kumari et al. 2023, §3.2 / their training script's augmentation)
+SMALL_WORDS = ("far away", "very small")
+LARGE_WORDS = ("zoomed in", "close up")
+
+
+def step_generator(seed: int, step: int, micro: int = 0, rank: int = 0, stream: int = 0) -> torch.Generator:
+    """A CPU generator whose state depends only on its arguments."""
+    state = np.random.SeedSequence([seed, step, micro, rank, stream]).generate_state(2, dtype=np.uint32)
+    return torch.Generator("cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    """PIL RGB images of one size -> [B, 3, H, W] float in [-1, 1]."""
+    a = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])  # [B, H, W, 3]
+    return torch.from_numpy(a).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+@dataclass
+class ImageSet:
+    """Square training images of one concept (subject photos, or class/regularisation images) and their prompt."""
+
+    pixels: torch.Tensor  #: [N, 3, S, S] in [-1, 1]
+    prompt: str  #: e.g. "a photo of sks dog"
+
+    @classmethod
+    def from_images(cls, images: list[Image.Image], size: int, prompt: str) -> "ImageSet":
+        return cls(to_tensor([center_square(im, size) for im in images]), prompt)
+
+    def __len__(self) -> int:
+        return self.pixels.shape[0]
+
+    def sample(self, n: int, g: torch.Generator, flip: bool = True) -> torch.Tensor:
+        """n images drawn with replacement, each flipped left-right with p = 0.5 -> [n, 3, S, S]."""
+        idx = torch.randint(0, len(self), (n,), generator=g)
+        x = self.pixels[idx].clone()
+        if flip:
+            f = torch.rand(n, generator=g) < 0.5
+            x[f] = x[f].flip(-1)
+        return x
+
+
+def random_resize(x: torch.Tensor, g: torch.Generator, latent_factor: int, lo: float = 0.4, hi: float = 1.4):
+    """Custom Diffusion's augmentation: rescale each image by a random factor in [lo, hi] (Kumari et al. §3.2).
+
+    Smaller than the canvas: pasted at a random place on a grey canvas; the loss mask is 1 only on the pasted
+    region (in latent pixels) and the prompt gets a "far away" word. Larger: a random crop of the enlarged image,
+    "zoomed in" word, full mask. Between: unchanged.
+    x: [B, 3, S, S] -> (x' [B, 3, S, S], mask [B, 1, S/f, S/f], size words per image (or None))
+    """
+    b, _, s, _ = x.shape
+    m = s // latent_factor
+    out = torch.zeros_like(x)
+    mask = torch.zeros(b, 1, m, m)
+    words = []
+    for i in range(b):
+        scale = lo + (hi - lo) * float(torch.rand((), generator=g))
+        # snap to whole latent pixels so the mask covers exactly what the image covers
+        size = max(latent_factor * 2, int(round(scale * s / latent_factor)) * latent_factor)
+        img = torch.nn.functional.interpolate(x[i:i + 1], size=(size, size), mode="bilinear", antialias=True,
+                                              align_corners=False)[0]
+        if size < s:
+            cells = (s - size) // latent_factor
+            oy = int(torch.randint(0, cells + 1, (), generator=g)) * latent_factor
+            ox = int(torch.randint(0, cells + 1, (), generator=g)) * latent_factor
+            out[i].fill_(0.0)  # mid-grey in [-1, 1]
+            out[i, :, oy:oy + size, ox:ox + size] = img
+            mask[i, :, oy // latent_factor:(oy + size) // latent_factor, ox // latent_factor:(ox + size) // latent_factor] = 1
+            words.append(SMALL_WORDS[int(torch.randint(0, 2, (), generator=g))] if scale < 0.6 else None)
+        elif size > s:
+            oy = int(torch.randint(0, size - s + 1, (), generator=g))
+            ox = int(torch.randint(0, size - s + 1, (), generator=g))
+            out[i] = img[:, oy:oy + s, ox:ox + s]
+            mask[i] = 1
+            words.append(LARGE_WORDS[int(torch.randint(0, 2, (), generator=g))] if scale > 1.2 else None)
+        else:
+            out[i] = img
+            mask[i] = 1
+            words.append(None)
+    return out, mask, words
+
+
+def with_size_word(prompt: str, word: str | None) -> str:
+    """'a photo of <new1> dog' + 'very small' -> 'a photo of very small <new1> dog'."""
+    if not word:
+        return prompt
+    if prompt.startswith("a photo of "):
+        return "a photo of " + word + " " + prompt[len("a photo of "):]
+    return word + " " + prompt

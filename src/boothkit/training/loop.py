@@ -1,0 +1,210 @@
+"""The training loop every personalisation method runs: accelerate, checkpoints, resume, validation, logging."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .checkpoint import latest_checkpoint, load_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
+from .data import step_generator
+from .trackers import make_trackers
+
+
+class TrainingError(RuntimeError):
+    """Training stopped (diverged, or a resume that does not match); the message says what to do."""
+
+
+def cpu_only() -> bool:
+    """Train on the CPU: asked for (ACCELERATE_USE_CPU), or no GPU. accelerate needs to be told, or several CPU
+    processes under `accelerate launch` / torchrun would each train alone instead of joining one gloo group."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return not (torch.cuda.is_available() or (mps is not None and mps.is_available()))
+
+
+def mixed_precision(cfg_value: str) -> str:
+    """auto -> bf16 on CUDA with bf16 support, fp16 on other CUDA, none on CPU/MPS."""
+    if cfg_value != "auto":
+        return cfg_value
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def make_optimizer(params, cfg, device_type: str):
+    """AdamW; bitsandbytes' 8-bit AdamW when asked for, installed and on CUDA (it has no CPU kernels)."""
+    if cfg.use_8bit_adam and device_type == "cuda":
+        try:
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        except ImportError:
+            pass
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def fingerprint(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def lr_at(cfg, step: int) -> float:
+    """Constant learning rate after a linear warm-up (a pure function of the step, so resume is exact)."""
+    if cfg.lr_warmup and step < cfg.lr_warmup:
+        return cfg.lr * (step + 1) / cfg.lr_warmup
+    return cfg.lr
+
+
+def train(recipe, cfg, work_dir: str | Path, *, resume: bool = False, run_info: dict | None = None,
+          progress: Callable[[int, int], None] | None = None, on_step: Callable[[int, float], None] | None = None,
+          accelerator=None) -> dict:
+    """Run cfg.steps optimizer steps of `recipe.loss`, with checkpoints under work_dir/checkpoints.
+
+    run_info: what identifies this run (method, model hash, photos hash, config); a resumed run must match it.
+    progress(step, total): called after each step (the app's progress bar); on_step(step, loss): likewise (tests
+    use it to kill a run). Returns stats: steps run, first step, losses, seconds.
+    Raises TrainingError on a NaN/inf loss, naming the step and the last good checkpoint.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    work_dir = Path(work_dir)
+    ck_root = work_dir / "checkpoints"
+    run_id = fingerprint(run_info or {})
+    if accelerator is None:
+        accelerator = Accelerator(cpu=cpu_only(), mixed_precision=mixed_precision(cfg.mixed_precision),
+                                  gradient_accumulation_steps=cfg.grad_accum,
+                                  log_with=make_trackers(work_dir), project_dir=str(work_dir))
+    device = accelerator.device
+    _place(recipe, device, accelerator)
+    if cfg.gradient_checkpointing:
+        for name in recipe.train_modules:
+            m = getattr(recipe, name)
+            if hasattr(m, "enable_gradient_checkpointing"):
+                m.enable_gradient_checkpointing()
+            elif hasattr(m, "gradient_checkpointing_enable"):
+                m.gradient_checkpointing_enable()
+    for name in recipe.train_modules:
+        getattr(recipe, name).train()
+    params = recipe.trainable_parameters()
+    if not params:
+        raise TrainingError("nothing to train: the method made no parameter trainable")
+    opt = make_optimizer(params, cfg, device.type)
+    prepared = accelerator.prepare(*[getattr(recipe, n) for n in recipe.train_modules], opt)
+    *wrapped, opt = prepared if isinstance(prepared, (tuple, list)) else (prepared,)
+    recipe._wrapped = dict(zip(recipe.train_modules, wrapped))
+
+    start = 0
+    if resume:
+        ck = latest_checkpoint(ck_root)
+        if ck is not None:
+            meta, groups = load_checkpoint(ck)
+            if meta.get("run_id") != run_id:
+                raise TrainingError(f"--resume: the checkpoint {ck} is from a different run (other photos, model "
+                                    "or config); start again without --resume or use the same arguments")
+            recipe.load_state_tensors(groups["trainable"])
+            load_optimizer_tensors(opt.optimizer, groups["optimizer"])
+            start = int(meta["step"])
+            accelerator.print(f"resuming from {ck} (step {start} of {cfg.steps})")
+
+    if accelerator.is_main_process:
+        accelerator.init_trackers("boothkit", config={k: v for k, v in cfg.to_dict().items()
+                                                      if isinstance(v, (int, float, str, bool))})
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    last_good = latest_checkpoint(ck_root)
+    bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=not accelerator.is_main_process)
+    for step in range(start, cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        step_loss = 0.0
+        for micro in range(cfg.grad_accum):
+            g = step_generator(cfg.seed, step, micro, accelerator.process_index)
+            with accelerator.accumulate(*wrapped):
+                with accelerator.autocast():
+                    loss = recipe.loss(g)
+                if not torch.isfinite(loss.detach()).all():
+                    raise TrainingError(
+                        f"loss became {loss.item()} at step {step + 1}: training diverged (try a lower lr or "
+                        f"fp32). Last good checkpoint: {last_good or 'none'}")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            step_loss += loss.detach().float().item() / cfg.grad_accum
+        recipe.after_step()
+        done = step + 1
+        losses.append(step_loss)
+        accelerator.log({"loss": step_loss, "lr": lr_at(cfg, step)}, step=done)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        if accelerator.is_main_process:
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                last_good = save_checkpoint(ck_root, done, {"trainable": recipe.state_tensors(),
+                                                            "optimizer": optimizer_tensors(opt.optimizer)},
+                                            meta={"run_id": run_id}, keep=cfg.keep_checkpoints)
+            if cfg.validate_every and done % cfg.validate_every == 0 and done < cfg.steps:
+                validate(recipe, cfg, work_dir / "validation", done)
+        if progress is not None:
+            progress(done, cfg.steps)
+        if on_step is not None:
+            on_step(done, step_loss)
+    bar.close()
+    accelerator.wait_for_everyone()
+    seconds = time.perf_counter() - t0
+    if accelerator.is_main_process and cfg.validation_images:
+        validate(recipe, cfg, work_dir / "validation", cfg.steps)
+    accelerator.end_training()
+    for name in recipe.train_modules:
+        getattr(recipe, name).eval()
+    recipe._wrapped = {}
+    return {"first_step": start, "steps": cfg.steps, "losses": losses, "train_seconds": seconds,
+            "is_main_process": accelerator.is_main_process}
+
+
+def _place(recipe, device, accelerator) -> None:
+    """Frozen modules go to the device (and to the half-precision type in mixed precision); trained ones stay fp32."""
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision)
+    for name in ("unet", "text_encoder", "vae"):
+        m = getattr(recipe, name)
+        if name in recipe.train_modules or half is None or name != "vae":
+            m.to(device)
+        else:
+            m.to(device, dtype=half)
+
+
+@torch.no_grad()
+def validate(recipe, cfg, folder: Path, step: int) -> Path:
+    """A grid of cfg.validation_images samples of the validation prompt with the current weights."""
+    from ..generate import GenerateConfig, generate_images
+    from ..world.render import grid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    prompt = cfg.validation_prompt or recipe.display_prompt
+    pipe = recipe.pipe
+    was = {n: getattr(recipe, n).training for n in ("unet", "text_encoder")}
+    pipe.unet.eval()
+    pipe.text_encoder.eval()
+    vae_dtype = pipe.vae.dtype
+    if vae_dtype != torch.float32:
+        pipe.vae.to(torch.float32)
+    try:
+        images = generate_images(pipe, prompt, GenerateConfig(n=cfg.validation_images, seed=0,
+                                                             steps=cfg.validation_steps))
+    finally:
+        if vae_dtype != torch.float32:
+            pipe.vae.to(vae_dtype)
+        for n, tr in was.items():
+            getattr(recipe, n).train(tr)
+    path = folder / f"step-{step:05d}.png"
+    grid(images, cols=min(4, len(images))).save(path)
+    (folder / f"step-{step:05d}.txt").write_text(prompt + "\n")
+    return path

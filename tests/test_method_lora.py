@@ -1,0 +1,69 @@
+"""DreamBooth-LoRA: files written, stock loader reproduces the trained model, fresh adapter is a no-op."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from boothkit.methods import apply_concepts, tune
+from boothkit.pipeline import load_pipeline
+
+from conftest import FAST, max_pixel_diff, plain_pipeline, sample, validation_image
+
+
+@pytest.fixture(scope="module")
+def lora_concept(tmp_path_factory, tiny_model, subject_photos):
+    out = tmp_path_factory.mktemp("lora") / "rat"
+    return tune("lora", subject_photos, "animal", out, model=tiny_model, steps=3, config={**FAST, "rank": 4})
+
+
+def test_files_and_concept_json(lora_concept, tiny_model):
+    from boothkit import __version__
+    from boothkit.pipeline import model_hash
+
+    names = sorted(p.name for p in lora_concept.iterdir())
+    assert names == ["concept.json", "pytorch_lora_weights.safetensors", "train_log.jsonl", "validation"]
+    meta = json.loads((lora_concept / "concept.json").read_text())
+    assert meta["method"] == "lora" and meta["tokens"] == ["sks"] and meta["class"] == "animal"
+    assert meta["model_hash"] == model_hash(tiny_model) and meta["base_model"] == tiny_model
+    assert meta["config"]["rank"] == 4 and meta["config"]["steps"] == 3
+    assert meta["boothkit_version"] == __version__
+
+
+def test_diffusers_alone_reproduces_the_trained_model(lora_concept, tiny_model):
+    pipe = plain_pipeline(tiny_model)
+    pipe.load_lora_weights(str(lora_concept), weight_name="pytorch_lora_weights.safetensors")
+    stock = sample(pipe, "a photo of sks animal")
+    assert max_pixel_diff(stock, validation_image(lora_concept)) <= 1
+    ours = apply_concepts(load_pipeline(tiny_model, device="cpu", dtype="fp32", progress=False), [lora_concept])
+    ours.set_progress_bar_config(disable=True)
+    assert max_pixel_diff(sample(ours, "a photo of sks animal"), stock) == 0
+    base = sample(plain_pipeline(tiny_model), "a photo of sks animal")
+    assert max_pixel_diff(base, stock) > 0  # the adapter changed something
+
+
+def test_fresh_adapter_is_a_no_op(tiny_model):
+    from boothkit.methods.lora.config import LoraConfig
+    from boothkit.methods.lora.model import LoraRecipe
+
+    pipe = load_pipeline(tiny_model, device="cpu", dtype="fp32", progress=False)
+    x, t, c = torch.randn(1, 4, 8, 8), torch.tensor([10]), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        before = pipe.unet(x, t, c).sample
+        LoraRecipe(pipe, LoraConfig(train_text_encoder=True), [])
+        after = pipe.unet(x, t, c).sample
+    assert torch.equal(before, after)
+
+
+def test_text_encoder_lora_is_saved_and_loaded(tmp_path, tiny_model, subject_photos):
+    out = tune("lora", subject_photos, "animal", tmp_path / "c", model=tiny_model, steps=2,
+               config={**FAST, "train_text_encoder": True})
+    from safetensors.torch import load_file
+
+    keys = load_file(str(out / "pytorch_lora_weights.safetensors")).keys()
+    assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
+    pipe = plain_pipeline(tiny_model)
+    pipe.load_lora_weights(str(out), weight_name="pytorch_lora_weights.safetensors")
+    assert max_pixel_diff(sample(pipe, "a photo of sks animal"), validation_image(out)) <= 1

@@ -1,0 +1,90 @@
+"""Checkpoints, --resume to the same final weights, NaN handling: on a tiny random SD-shaped model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from boothkit.methods import tune
+from boothkit.training.checkpoint import list_checkpoints
+from boothkit.training.loop import TrainingError
+
+CFG = {"checkpoint_every": 2, "keep_checkpoints": 2, "validation_images": 0, "batch_size": 2}
+
+
+class Kill(Exception):
+    pass
+
+
+def _killer(at):
+    def on_step(step, loss):
+        if step == at:
+            raise Kill(step)
+    return on_step
+
+
+def test_resume_after_a_kill_gives_the_same_weights(tmp_path, tiny_model, subject_photos):
+    full = tune("lora", subject_photos, "animal", tmp_path / "full", model=tiny_model, steps=5, config=CFG)
+    out = tmp_path / "resumed"
+    with pytest.raises(Kill):
+        tune("lora", subject_photos, "animal", out, model=tiny_model, steps=5, config=CFG, on_step=_killer(3))
+    assert not out.exists()  # nothing half-written in --out
+    cks = list_checkpoints(tmp_path / ".resumed.train" / "checkpoints")
+    assert [c.name for c in cks] == ["checkpoint-2"]
+    tune("lora", subject_photos, "animal", out, model=tiny_model, steps=5, config=CFG, resume=True)
+    meta = json.loads((out / "concept.json").read_text())
+    assert meta["training"]["first_step"] == 2  # it really resumed, it did not start again
+    a = load_file(str(full / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not (tmp_path / ".resumed.train").exists()  # cleaned after success
+
+
+def test_resume_refuses_a_different_run(tmp_path, tiny_model, subject_photos):
+    out = tmp_path / "c"
+    with pytest.raises(Kill):
+        tune("lora", subject_photos, "animal", out, model=tiny_model, steps=4, config=CFG, on_step=_killer(2))
+    with pytest.raises(TrainingError, match="different run"):
+        tune("lora", subject_photos, "animal", out, model=tiny_model, steps=4, config={**CFG, "lr": 0.5},
+             resume=True)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, tiny_model, subject_photos,
+                                                                  monkeypatch):
+    import boothkit.training.recipe as recipe_mod
+
+    real = recipe_mod.denoising_loss
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(recipe_mod, "denoising_loss", poisoned)
+    with pytest.raises(TrainingError, match=r"loss became nan at step 3.*checkpoint-2"):
+        tune("lora", subject_photos, "animal", tmp_path / "c", model=tiny_model, steps=4, config=CFG)
+    assert not (tmp_path / "c").exists()
+    assert [c.name for c in list_checkpoints(tmp_path / ".c.train" / "checkpoints")] == ["checkpoint-2"]
+
+
+def test_keeps_only_the_last_k_checkpoints(tmp_path, tiny_model, subject_photos):
+    cfg = {**CFG, "checkpoint_every": 1, "keep_checkpoints": 2, "keep_training_state": True}
+    tune("ti", subject_photos, "animal", tmp_path / "c", model=tiny_model, steps=4, config=cfg)
+    names = [c.name for c in list_checkpoints(tmp_path / ".c.train" / "checkpoints")]
+    assert names == ["checkpoint-2", "checkpoint-3"]
+    log = [json.loads(line) for line in (tmp_path / "c" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_gradient_checkpointing_and_accumulation_run(tmp_path, tiny_model, subject_photos):
+    cfg = {**CFG, "checkpoint_every": 0, "gradient_checkpointing": True, "grad_accum": 2, "batch_size": 1,
+           "train_text_encoder": False, "prior_preservation": False}
+    out = tune("dreambooth", subject_photos, "animal", tmp_path / "c", model=tiny_model, steps=2, config=cfg)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2]
