@@ -102,4 +102,5 @@ def test_world_path_and_concepts():
 def test_world_references(tmp_path):
     r = runner.invoke(app, ["world", "references", "dog face", "--out", str(tmp_path), "-n", "3"])
     assert r.exit_code == 0, r.output
-    assert len(list(tmp_path.glob("dog-face-*.png"))) == 3 and (tmp_path / "scenes.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"dog-face-{i:03d}.png" for i in range(3)]
+    assert "background" in r.output

@@ -17,7 +17,7 @@ from conftest import FAST_PRIOR, max_pixel_diff, plain_pipeline, sample, validat
 @pytest.fixture(scope="module")
 def rat(tmp_path_factory, tiny_model, subject_photos):
     return tune("custom", subject_photos, "animal", tmp_path_factory.mktemp("cd") / "rat", model=tiny_model,
-                steps=3, config=FAST_PRIOR)
+                steps=3, config={**FAST_PRIOR, "random_resize": True})  # the augmentation + masked loss path
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,9 @@ def demo(
     seconds = time.time() - t0
     token = json.loads((concept_dir / "concept.json").read_text())["tokens"][0]
     typer.echo(f"personalised with {method} in {seconds:.0f} s: {concept_dir}")
-    before = [generate_images(pipe, p.format(t="a", c=subject.cls).replace("a a ", "a "),
+    from ..world.scenes import article
+
+    before = [generate_images(pipe, p.format(t=article(subject.cls), c=subject.cls),
                               GenerateConfig(n=1, seed=seed + i))[0] for i, p in enumerate(AFTER_PROMPTS)]
     tuned = apply_concepts(load_pipeline("world", progress=False), [concept_dir])
     after = [generate_images(tuned, p.format(t=token, c=subject.cls), GenerateConfig(n=1, seed=seed + i))[0]
@@ -80,7 +82,11 @@ def demo(
     sheet = grid(refs[:4] + before + after, cols=4)
     sheet.save(out_dir / "before-after.png")
     judge = Judge.load(world_path() / "judge")
-    to_t = lambda ims: torch.stack([torch.from_numpy(__import__("numpy").asarray(im)).permute(2, 0, 1) for im in ims]).float() / 255
+    import numpy as np
+
+    def to_t(ims):
+        return torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in ims]).float() / 255
+
     with torch.no_grad():
         r = judge(to_t(refs)).mean(0)
         sim_before = float((judge(to_t(before)) @ r).mean())
@@ -89,6 +95,7 @@ def demo(
                "judge_similarity_before": round(sim_before, 3), "judge_similarity_after": round(sim_after, 3),
                "prompts": [p.format(t=token, c=subject.cls) for p in AFTER_PROMPTS]}
     (out_dir / "before-after.json").write_text(json.dumps(summary, indent=1))
-    typer.echo(f"before/after (rows: references, base model 'a {subject.cls}', personalised '{token} {subject.cls}'): "
+    typer.echo(f"before/after (rows: references, base model '{article(subject.cls)} {subject.cls}', personalised "
+               f"'{token} {subject.cls}'): "
                f"{out_dir / 'before-after.png'}")
     typer.echo(f"judge identity similarity to the references: before {sim_before:.3f}, after {sim_after:.3f}")

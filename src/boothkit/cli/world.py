@@ -53,8 +53,10 @@ def references(
     n: int = typer.Option(5, "-n", help="How many references."),
     seed: int = typer.Option(0, "--seed"),
 ):
-    """Render n reference photos of a concept in varied backgrounds, sizes and positions (subject photos)."""
-    from ..generate import UsageError, prepare_out, save_images
+    """Render n reference photos of a concept in varied backgrounds, sizes and positions (subject photos).
+
+    Only the PNGs are written, so the folder can be given to `boothkit tune --images` as it is."""
+    from ..generate import UsageError, _atomic_png, prepare_out
     from ..world.references import render_references
     from ..world.concepts import get
 
@@ -66,6 +68,6 @@ def references(
         raise UsageError(str(e.args[0])) from None
     out_dir = prepare_out(out)
     images, scenes = render_references(c, n=n, seed=seed)
-    for p in save_images(images, out_dir, stem=c.slug):
-        typer.echo(str(p))
-    (out_dir / "scenes.json").write_text(json.dumps([s.to_dict() for s in scenes], indent=1))
+    for i, (im, scene) in enumerate(zip(images, scenes)):
+        path = _atomic_png(im, out_dir / f"{c.slug}-{i:03d}.png")
+        typer.echo(f"{path}\t{scene.caption}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import json
-import math
 import time
 from pathlib import Path
 from typing import Callable
