@@ -144,7 +144,8 @@ class _Stage:
         bar.close()
         seconds = time.time() - t0
         steps_run = self.stage.steps - self.start
-        return {"steps": self.stage.steps, "batch": self.stage.batch, "seconds_this_run": round(seconds, 1),
+        return {"steps": self.stage.steps, "batch": self.stage.batch, "first_step_this_run": self.start,
+                "seconds_this_run": round(seconds, 1),
                 "steps_per_second": round(steps_run / max(seconds, 1e-9), 3), "final_loss": ema_loss}
 
     def after_step(self, step: int):
