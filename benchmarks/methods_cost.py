@@ -33,8 +33,9 @@ POS_PROMPTS = ("left", "right")
 
 
 def to_tensor(images) -> torch.Tensor:
-    a = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images])
-    return torch.from_numpy(a).permute(0, 3, 1, 2)  # [B, 3, 64, 64] in [0, 1]
+    from boothkit.world.render import from_pil
+
+    return from_pil(images)  # [B, 3, 64, 64] in [0, 1]
 
 
 @torch.no_grad()

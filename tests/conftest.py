@@ -55,31 +55,29 @@ def other_tiny_model(tmp_path_factory) -> str:
     return str(build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd-2") / "model", seed=1))
 
 
-@pytest.fixture(scope="session")
-def subject_photos(tmp_path_factory) -> Path:
-    """Five reference renders (64x64 PNG) of a held-out world animal."""
+def _reference_folder(tmp_path_factory, base: str, name: str, cls: str, n: int) -> Path:
+    """n reference renders (64x64 PNG) of the first held-out world subject of a class."""
     from boothkit.world.concepts import heldout_concepts
     from boothkit.world.references import render_references
 
-    folder = tmp_path_factory.mktemp("photos") / "rat"
+    folder = tmp_path_factory.mktemp(base) / name
     folder.mkdir()
-    images, _ = render_references(heldout_concepts("animal")[0], n=5, seed=0)
+    images, _ = render_references(heldout_concepts(cls)[0], n=n, seed=0)
     for i, im in enumerate(images):
         im.save(folder / f"{i:02d}.png")
     return folder
+
+
+@pytest.fixture(scope="session")
+def subject_photos(tmp_path_factory) -> Path:
+    """Five reference renders (64x64 PNG) of a held-out world animal."""
+    return _reference_folder(tmp_path_factory, "photos", "rat", "animal", 5)
 
 
 @pytest.fixture(scope="session")
 def second_subject_photos(tmp_path_factory) -> Path:
-    from boothkit.world.concepts import heldout_concepts
-    from boothkit.world.references import render_references
-
-    folder = tmp_path_factory.mktemp("photos2") / "food"
-    folder.mkdir()
-    images, _ = render_references(heldout_concepts("food")[0], n=4, seed=0)
-    for i, im in enumerate(images):
-        im.save(folder / f"{i:02d}.png")
-    return folder
+    """Four reference renders of a held-out world food."""
+    return _reference_folder(tmp_path_factory, "photos2", "food", "food", 4)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -92,12 +92,13 @@ def save_images(images, out: Path, stem: str = "image") -> list[Path]:
 
     paths = []
     for i, im in enumerate(images):
-        paths.append(_atomic_png(im, out / f"{stem}-{i:03d}.png"))
-    paths.append(_atomic_png(grid(images, cols=min(len(images), 4)), out / "grid.png"))
+        paths.append(write_png(im, out / f"{stem}-{i:03d}.png"))
+    paths.append(write_png(grid(images, cols=min(len(images), 4)), out / "grid.png"))
     return paths
 
 
-def _atomic_png(im, path: Path) -> Path:
+def write_png(im, path: Path) -> Path:
+    """Save a PNG through a temporary name, then rename: readers never see a half-written file."""
     tmp = path.with_name("." + path.name + ".tmp")
     im.save(tmp, format="PNG")
     os.replace(tmp, path)

@@ -44,7 +44,7 @@ def demo(
     from ..pipeline import load_pipeline, world_path
     from ..world.concepts import heldout_concepts
     from ..world.references import render_references
-    from ..world.render import grid
+    from ..world.render import from_pil, grid
 
     out_dir = prepare_out(out)
     pipe = load_pipeline("world", progress=False)
@@ -82,15 +82,10 @@ def demo(
     sheet = grid(refs[:4] + before + after, cols=4)
     sheet.save(out_dir / "before-after.png")
     judge = Judge.load(world_path() / "judge")
-    import numpy as np
-
-    def to_t(ims):
-        return torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in ims]).float() / 255
-
     with torch.no_grad():
-        r = judge(to_t(refs)).mean(0)
-        sim_before = float((judge(to_t(before)) @ r).mean())
-        sim_after = float((judge(to_t(after)) @ r).mean())
+        r = judge(from_pil(refs)).mean(0)
+        sim_before = float((judge(from_pil(before)) @ r).mean())
+        sim_after = float((judge(from_pil(after)) @ r).mean())
     summary = {"subject": subject.name, "class": subject.cls, "method": method, "tune_seconds": round(seconds, 1),
                "judge_similarity_before": round(sim_before, 3), "judge_similarity_after": round(sim_after, 3),
                "prompts": [p.format(t=token, c=subject.cls) for p in AFTER_PROMPTS]}

@@ -56,7 +56,7 @@ def references(
     """Render n reference photos of a concept in varied backgrounds, sizes and positions (subject photos).
 
     Only the PNGs are written, so the folder can be given to `boothkit tune --images` as it is."""
-    from ..generate import UsageError, _atomic_png, prepare_out
+    from ..generate import UsageError, write_png, prepare_out
     from ..world.references import render_references
     from ..world.concepts import get
 
@@ -69,5 +69,5 @@ def references(
     out_dir = prepare_out(out)
     images, scenes = render_references(c, n=n, seed=seed)
     for i, (im, scene) in enumerate(zip(images, scenes)):
-        path = _atomic_png(im, out_dir / f"{c.slug}-{i:03d}.png")
+        path = write_png(im, out_dir / f"{c.slug}-{i:03d}.png")
         typer.echo(f"{path}\t{scene.caption}")

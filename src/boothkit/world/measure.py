@@ -28,6 +28,7 @@ class Measured:
     size: str | None
     position: str | None
     longest: float  #: longer side of the box in pixels
+    bg_rgb: tuple[float, float, float] = (0.0, 0.0, 0.0)  #: the measured background colour, 0-1
 
 
 def measure_background(images: torch.Tensor) -> tuple[list[str], torch.Tensor]:
@@ -77,12 +78,13 @@ def measure(images: torch.Tensor) -> list[Measured]:
     for i in range(images.shape[0]):
         box = box_of(fg[i])
         if box is None:
-            out.append(Measured(names[i], None, None, None, 0.0))
+            out.append(Measured(names[i], None, None, None, 0.0, tuple(rgb[i].tolist())))
             continue
         x0, y0, x1, y1 = box
         longest = float(max(x1 - x0, y1 - y0))
         size = size_of(longest)
-        out.append(Measured(names[i], box, size, position_of((x0 + x1) / 2, (y0 + y1) / 2, size), longest))
+        out.append(Measured(names[i], box, size, position_of((x0 + x1) / 2, (y0 + y1) / 2, size), longest,
+                            tuple(rgb[i].tolist())))
     return out
 
 
@@ -118,7 +120,7 @@ def measure_style(images: torch.Tensor, concepts: list[int], found: list[Measure
             continue
         x0, y0, x1, y1 = m.box
         img = images[i:i + 1].cpu().float()
-        _, bg_rgb = measure_background(img)
+        bg_rgb = torch.tensor([m.bg_rgb])  # measured once, by measure()
         batch = SceneBatch(torch.full((k, 1), row, dtype=torch.long), torch.full((k, 1), m.longest),
                            torch.full((k, 1), (x0 + x1) / 2), torch.full((k, 1), (y0 + y1) / 2),
                            torch.arange(k).view(k, 1), torch.ones(k, 1, dtype=torch.bool), bg_rgb.repeat(k, 1))

@@ -117,6 +117,14 @@ def to_pil(images: torch.Tensor):
     return [Image.fromarray(a) for a in arr]
 
 
+def from_pil(images) -> torch.Tensor:
+    """list of PIL images -> float [B, 3, H, W] in [0, 1] (the inverse of to_pil)."""
+    import numpy as np
+
+    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2)
+
+
 def grid(images, cols: int | None = None, pad: int = 2, fill=(255, 255, 255)):
     """Tile PIL images into one sheet."""
     from PIL import Image

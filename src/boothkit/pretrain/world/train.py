@@ -13,6 +13,7 @@ Only train concepts are ever drawn, except by the judge, which (like a face-reco
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -97,7 +98,7 @@ class _Stage:
         self.stream = SceneStream(_pool(train_only), self.stage.batch, seed=hash_seed(cfg.seed, name),
                                   start_step=self.start, tokenizer=tokenizer, **sampler_kwargs)
         self.log = open(self.dir.parent / f"{name}.log.jsonl", "a")
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
     def generator(self, step: int) -> torch.Generator:
         return torch.Generator(self.device).manual_seed(hash_seed(self.cfg.seed, f"{self.name}-noise-{step}"))
@@ -150,14 +151,6 @@ class _Stage:
 
     def after_step(self, step: int):
         pass
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def hash_seed(seed: int, name: str) -> int:
