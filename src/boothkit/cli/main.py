@@ -20,6 +20,7 @@ _COMMAND_MODULES = [
     "boothkit.cli.tune",
     "boothkit.cli.merge",
     "boothkit.cli.serve",
+    "boothkit.cli.bench",
 ]
 
 for _name in _COMMAND_MODULES:

@@ -40,40 +40,64 @@ def eval_scenes(n: int) -> list[Scene]:
     return scenes
 
 
-@torch.no_grad()
-def class_prototypes(judge, device="cpu") -> dict[str, tuple[list[int], torch.Tensor]]:
-    """Per class: (atlas rows, unit judge embeddings [N, D]) of every glyph, each the mean over 2 plain renders.
+class _Prototypes(dict):
+    """class -> (atlas rows, unit judge embeddings [N, D]); each class is computed (or read from the disk cache)
+    the first time it is asked for."""
 
-    Cached on disk (boothkit's cache dir), keyed by the judge's weights and the concept list."""
-    import hashlib
+    def __init__(self, judge, device):
+        super().__init__()
+        self.judge, self.device = judge, device
+        import hashlib
 
-    from safetensors.torch import load_file, save_file
+        self.key = hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in judge.state_dict().values())).hexdigest()[:12]
 
-    from ..world.atlas import _atlas_key, cache_dir
+    def __missing__(self, cls: str):
+        if cls not in CLASSES:
+            raise KeyError(cls)
+        self[cls] = value = self._load(cls)
+        return value
 
-    key = hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in judge.state_dict().values())).hexdigest()[:12]
-    path = cache_dir() / f"judge-prototypes-{key}-{_atlas_key()}.safetensors"
-    idx = concept_index()
-    if path.exists():
-        stored = load_file(str(path))
-        return {cls: (stored[f"{cls}.rows"].tolist(), stored[f"{cls}.emb"]) for cls in CLASSES}
-    bgs = ["white", "gray"]
-    out = {}
-    for cls in CLASSES:
+    def __iter__(self):
+        return iter(CLASSES)
+
+    def __len__(self):
+        return len(CLASSES)
+
+    def items(self):
+        return [(c, self[c]) for c in CLASSES]
+
+    @torch.no_grad()
+    def _load(self, cls: str):
+        from safetensors.torch import load_file, save_file
+
+        from ..world.atlas import _atlas_key, cache_dir
+
+        path = cache_dir() / f"judge-prototypes-{self.key}-{_atlas_key()}-{cls}.safetensors"
+        if path.exists():
+            stored = load_file(str(path))
+            return stored["rows"].tolist(), stored["emb"]
+        idx = concept_index()
+        bgs = ["white", "gray"]
         cs = [c for c in all_concepts() if c.cls == cls]
         rows = [idx[c.id] for c in cs]
         scenes = [fixed_scene(r, c, bg=bg, size="large") for r, c in zip(rows, cs) for bg in bgs]
         embs = []
         for i in range(0, len(scenes), 256):
-            embs.append(judge(renderer().render(SceneBatch.from_scenes(scenes[i:i + 256])).to(device)).cpu())
-        e = torch.cat(embs).view(len(cs), len(bgs), -1).mean(1)
-        out[cls] = (rows, torch.nn.functional.normalize(e, dim=-1))
-    tensors = {f"{c}.rows": torch.tensor(r) for c, (r, _) in out.items()}
-    tensors |= {f"{c}.emb": e.contiguous() for c, (_, e) in out.items()}
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(path)
-    return out
+            embs.append(self.judge(renderer().render(SceneBatch.from_scenes(scenes[i:i + 256])).to(self.device)).cpu())
+        e = torch.nn.functional.normalize(torch.cat(embs).view(len(cs), len(bgs), -1).mean(1), dim=-1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"rows": torch.tensor(rows), "emb": e.contiguous()}, str(tmp))
+        tmp.replace(path)
+        return rows, e
+
+
+def class_prototypes(judge, device="cpu") -> dict[str, tuple[list[int], torch.Tensor]]:
+    """Per class: (atlas rows, unit judge embeddings [N, D]) of every glyph, each the mean over 2 plain renders.
+
+    Lazy (a class is computed when first used) and cached on disk (boothkit's cache dir), keyed by the judge's
+    weights, the atlas and the class."""
+    return _Prototypes(judge, device)
 
 
 def identity_ranks(judge, images: torch.Tensor, scenes: list[Scene], protos) -> list[int]:

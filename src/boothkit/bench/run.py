@@ -1,0 +1,243 @@
+"""`boothkit bench` on the world: personalise every method on every held-out subject, generate the prompt suite,
+score every image, then aggregate (report.py).
+
+Work is cut into units (one method x one subject). A finished unit is a JSON record under <out>/units/ (plus a
+strip of its seed-0 images); a rerun with the same protocol skips finished units, so a killed run continues where
+it stopped (inside a unit, fine-tuning methods also resume from their own checkpoints). The protocol (preset,
+subjects, prompts, seeds, model hash) and each method's recipe are stored in <out>/bench.json; a rerun with a
+different protocol or recipe into the same folder is refused rather than mixed, and a rerun may add methods.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..inputs import InputError
+from ..world.concepts import Concept
+from ..world.scenes import article
+from . import protocol as P
+from .runners import RunContext, known_methods, personalise
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class BenchConfig:
+    methods: list[str]
+    out: str
+    preset: str = "quick"
+    model: str = "world"
+    device: str = "cpu"
+    threads: int | None = None
+    tune_steps: int | None = None  #: override every recipe's steps (tests); None = default recipes
+    method_config: dict = field(default_factory=dict)
+    instant: str | None = None
+    subjects_per_class: dict | None = None  #: override the preset's subjects
+    prompts: list[str] | None = None
+    seeds: list[int] | None = None
+    sample_steps: int | None = None
+    keep_concepts: bool = False
+    progress: bool = True
+    command: str | None = None  #: the command line, written into the results
+
+
+def _atomic_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def check_methods(methods: list[str]) -> list[str]:
+    ok = known_methods()
+    bad = [m for m in methods if m not in ok]
+    if bad:
+        raise InputError(f"unknown method(s) {bad}; choose from {ok}")
+    if not methods:
+        raise InputError("--methods is empty")
+    return list(dict.fromkeys(methods))
+
+
+def _protocol(cfg: BenchConfig, preset: P.Preset, model_hash: str) -> dict:
+    proto = {"preset": preset.to_dict(), "model": cfg.model, "model_hash": model_hash,
+             "tune_steps_override": cfg.tune_steps, "schema_version": SCHEMA_VERSION}
+    return json.loads(json.dumps(proto))  # as it reads back from bench.json (tuples -> lists)
+
+
+def recipes(cfg: BenchConfig) -> dict:
+    """What each method runs with: the full config of fine-tuning methods, the artifact of InstantBooth."""
+    from ..methods import METHODS
+    from .cost import folder_bytes
+    from .runners import default_instant
+
+    out = {}
+    for m in cfg.methods:
+        if m in METHODS:
+            out[m] = {**METHODS[m].config().to_dict(), **cfg.method_config.get(m, {}),
+                      **({"steps": cfg.tune_steps} if cfg.tune_steps else {})}
+        elif m == "instantbooth":
+            art = cfg.instant or default_instant()
+            meta = Path(art) / "instantbooth.json" if art else None
+            out[m] = {"artifact": art, "bytes": folder_bytes(art) if art else None,
+                      "pretrain": json.loads(meta.read_text()).get("pretrain") if meta and meta.exists() else None}
+    return json.loads(json.dumps(out))
+
+
+def unit_path(out: Path, method: str, concept: Concept) -> Path:
+    return out / "units" / method / f"{concept.slug}.json"
+
+
+def run_world(cfg: BenchConfig) -> dict:
+    """Run (or continue) a world benchmark; returns the aggregated results (also written to <out>)."""
+    from tqdm.auto import tqdm
+
+    from ..eval.world import class_prototypes
+    from ..judge import Judge
+    from ..pipeline import load_pipeline, model_hash, resolve_model, world_path
+    from ..world.references import render_references
+    from ..world.render import from_pil, to_pil
+    from .report import write_report
+    from .world_metrics import WorldCLIP, WorldScorer
+
+    methods = check_methods(cfg.methods)
+    cfg.methods = methods
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    preset = P.preset(cfg.preset, subjects_per_class=cfg.subjects_per_class, prompts=cfg.prompts,
+                      seeds=cfg.seeds, sample_steps=cfg.sample_steps)
+    subjects = P.subjects(preset)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    world_dir = Path(resolve_model(cfg.model))
+    if not (world_dir / "world_clip").exists() or not (world_dir / "judge").exists():
+        world_dir = world_path()  # a model retrained on the world without its judge: use the shipped judge
+    proto = _protocol(cfg, preset, model_hash(cfg.model))
+    recipe = recipes(cfg)
+    state_file = out / "bench.json"
+    if state_file.exists():
+        old = json.loads(state_file.read_text())
+        if old["protocol"] != proto:
+            diff = sorted(k for k in set(old["protocol"]) | set(proto) if old["protocol"].get(k) != proto.get(k))
+            raise InputError(f"{out} holds a benchmark with another protocol (differs in {diff}): "
+                             f"use another --out, or delete {out}")
+        changed = [m for m in recipe if m in old["recipes"] and old["recipes"][m] != recipe[m]]
+        if changed:
+            raise InputError(f"{out} holds results of {changed} with another recipe: use another --out, or delete "
+                             f"{out}/units/<method>")
+        recipe = {**old["recipes"], **recipe}
+        methods = old["methods"] + [m for m in methods if m not in old["methods"]]  # a rerun may add methods
+    _atomic_json(state_file, {"protocol": proto, "methods": methods, "recipes": recipe,
+                              "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    proto = {**proto, "recipes": recipe}
+
+    judge = Judge.load(world_dir / "judge")
+    scorer = WorldScorer(judge, class_prototypes(judge), WorldCLIP(world_dir))
+    base = None
+    ctx = RunContext(model=cfg.model, device=cfg.device, steps=preset.sample_steps, guidance=preset.guidance,
+                     work=out / "work", tune_steps=cfg.tune_steps, method_config=cfg.method_config,
+                     instant=cfg.instant, keep_concepts=cfg.keep_concepts)
+    prompts = [P.PROMPTS[k] for k in preset.prompts]
+    units = [(m, s) for s in subjects for m in cfg.methods]  # this run's methods; the report covers all of them
+    bar = tqdm(units, desc="bench", disable=not cfg.progress, unit="unit")
+    for method, concept in bar:
+        bar.set_postfix_str(f"{method} / {concept.name[:24]}")
+        path = unit_path(out, method, concept)
+        if path.exists():
+            continue
+        photos_dir = out / "work" / "photos" / concept.slug
+        if not photos_dir.exists():
+            tmp = photos_dir.with_name(photos_dir.name + ".tmp")
+            tmp.mkdir(parents=True, exist_ok=True)
+            for i, im in enumerate(render_references(concept, n=preset.n_references, seed=0)[0]):
+                im.save(tmp / f"{i:02d}.png")
+            tmp.replace(photos_dir)
+        refs = scorer.refs(concept, from_pil(render_references(concept, n=preset.n_references, seed=0)[0]))
+        plan = P.SubjectPlan(concept, P.companion(concept), P.others(concept))
+        if base is None and method != "ceiling":
+            base = load_pipeline(cfg.model, device=cfg.device, dtype="fp32", progress=False)
+        record = run_unit(method, ctx, base, plan, photos_dir, refs, scorer, prompts, preset)
+        strip = record.pop("_strip")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        to_pil_strip(to_pil(torch.stack(strip)), path.with_suffix(".png"))
+        _atomic_json(path, record)
+    bar.close()
+    results = write_report(out, methods, subjects, prompts, preset, proto, machine(), cfg)
+    return results
+
+
+def to_pil_strip(images, path: Path) -> None:
+    from ..world.render import grid
+
+    grid(images, cols=len(images), pad=1).save(path)
+
+
+def _clip_text(prompt: P.BenchPrompt, cls: str, comp: Concept) -> str:
+    if prompt.group == "bare":
+        return f"a photo of {article(cls)} {cls}"
+    return prompt.text(cls, comp.name)
+
+
+def run_unit(method: str, ctx: RunContext, base, plan: P.SubjectPlan, photos_dir: Path, refs, scorer,
+             prompts: list[P.BenchPrompt], preset: P.Preset) -> dict:
+    """Personalise, generate the suite, score it: one JSON-ready record (plus `_strip`, the seed-0 images)."""
+    from ..world.references import renderer
+    from ..world.render import SceneBatch
+
+    concept, comp = plan.concept, plan.companion
+    pers = personalise(method, ctx, base, concept, photos_dir)
+    seeds = list(preset.seeds)
+    rows, strip, gen_seconds, n_images = [], [], 0.0, 0
+    try:
+        for prompt in prompts:
+            if method == "ceiling":
+                scene = P.ceiling_scene(prompt, concept, comp)
+                images = renderer().render(SceneBatch.from_scenes([scene] * len(seeds))).cpu()
+                text = prompt.text(f"[V] {concept.cls}", comp.name)
+            else:
+                phrase = pers.phrase
+                text = (f"a photo of {article(phrase)} {phrase}" if method == "floor" and prompt.group == "bare"
+                        else prompt.text(phrase, comp.name))
+                t0 = time.perf_counter()
+                images = pers.sample([text] * len(seeds), seeds)
+                gen_seconds += time.perf_counter() - t0
+                n_images += len(seeds)
+            for seed, r in zip(seeds, scorer.score(images, prompt, refs, _clip_text(prompt, concept.cls, comp),
+                                                    comp)):
+                rows.append({"prompt": prompt.key, "group": prompt.group, "seed": seed, "text": text, **r})
+            strip.append(images[0])
+        drift = None
+        if method != "ceiling":
+            cls_text = f"a photo of {article(concept.cls)} {concept.cls}"
+            dseeds = list(preset.drift_seeds)
+            cls_imgs = pers.sample([cls_text] * len(dseeds), dseeds)
+            other = []
+            for o in plan.others:
+                other += scorer.present(pers.sample([f"a photo of {article(o.name)} {o.name}"] * len(dseeds),
+                                                    dseeds), o)
+            drift = {"class_judge_i": round(float(torch.tensor(scorer.identity(cls_imgs, refs)["judge_i"]).mean()), 5),
+                     "others_top5": round(sum(other) / len(other), 4),
+                     "others": [o.name for o in plan.others]}
+    finally:
+        pers.close()
+    cost = dict(pers.cost)
+    if n_images:
+        cost["seconds_per_image"] = round(gen_seconds / n_images, 4)
+    return {"method": method, "subject": concept.name, "slug": concept.slug, "class": concept.cls,
+            "companion": comp.name, "phrase": pers.phrase, "cost": cost, "drift": drift, "images": rows,
+            "_strip": strip}

@@ -1,0 +1,170 @@
+"""How each entry of the benchmark gets its images: tune-based methods (everything boothkit.methods registers),
+encoder methods (InstantBooth), and the two baselines (floor: the base model with the class noun; ceiling: the
+subject rendered exactly into each prompt's scene).
+
+A runner returns a `Personalised`: the subject phrase its prompts use, a `sample(texts, seeds)` function, and the
+cost of getting there (personalisation seconds, time to the first image, peak memory, artifact bytes).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .cost import PeakMemory, Timer, folder_bytes
+
+BASELINES = ("floor", "ceiling")
+ENCODER_METHODS = ("instantbooth",)
+
+
+def known_methods() -> list[str]:
+    from ..methods import METHODS
+
+    return [*BASELINES, *METHODS, *ENCODER_METHODS]
+
+
+@dataclass
+class RunContext:
+    """What every runner needs (set up once per benchmark run)."""
+
+    model: str
+    device: str
+    steps: int  #: denoising steps per image
+    guidance: float
+    work: Path  #: scratch: concept folders and training state (resumable)
+    tune_steps: int | None = None  #: override every recipe's step count (None: each method's default recipe)
+    method_config: dict = field(default_factory=dict)  #: per-method config overrides {"lora": {"rank": 8}}
+    instant: str | None = None  #: InstantBooth artifact folder
+    keep_concepts: bool = False
+    progress: Callable | None = None  #: progress(step, total) of a training run
+
+
+@dataclass
+class Personalised:
+    phrase: str  #: the subject phrase in prompts ("sks dog")
+    sample: Callable[[list[str], list[int]], torch.Tensor]  #: (one text per seed, seeds) -> [B, 3, H, W] in [0, 1]
+    cost: dict
+    close: Callable[[], None] = lambda: None
+
+
+def _sampler(pipe, ctx: RunContext, encode: Callable | None = None):
+    pipe.set_progress_bar_config(disable=True)
+
+    @torch.no_grad()
+    def sample(texts: list[str], seeds: list[int]) -> torch.Tensor:
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]  # CPU noise: same pixels on every device
+        kw = dict(num_inference_steps=ctx.steps, guidance_scale=ctx.guidance, generator=gens, output_type="pt")
+        out = pipe(prompt_embeds=encode(texts), **kw) if encode else pipe(list(texts), **kw)
+        return out.images.float().cpu().clamp(0, 1)
+
+    return sample
+
+
+def _load(ctx: RunContext):
+    from ..pipeline import load_pipeline
+
+    return load_pipeline(ctx.model, device=ctx.device, dtype="fp32", progress=False)
+
+
+def floor(ctx: RunContext, base_pipe, concept, photos_dir: Path) -> Personalised:
+    """The base model asked for the class (no personalisation). Its time to the first image is plain generation:
+    loading the pipeline and sampling one image."""
+    with PeakMemory(device=ctx.device) as mem:
+        with Timer() as t_first:
+            pipe = _load(ctx)
+            _sampler(pipe, ctx)([f"a photo of a {concept.cls}"], [0])
+    del pipe
+    cost = {"personalise_s": 0.0, "first_image_after_s": round(t_first.seconds, 2),
+            "time_to_first_image_s": round(t_first.seconds, 2), "peak_memory_bytes": mem.peak_bytes,
+            "rss_before_bytes": int(mem.rss_before), "artifact_bytes": 0}
+    return Personalised(concept.cls, _sampler(base_pipe, ctx), cost)
+
+
+def ceiling(ctx: RunContext, base_pipe, concept, photos_dir: Path) -> Personalised:
+    """Marker: the ceiling's images are renders (see run.py); nothing is sampled."""
+    return Personalised(concept.cls, None, {})
+
+
+def tune_method(method: str, ctx: RunContext, concept, photos_dir: Path) -> Personalised:
+    """A registered fine-tuning method with its default recipe (plus ctx overrides); the concept folder is kept
+    under ctx.work until the subject is scored, and a killed run resumes from the method's own checkpoints."""
+    from ..methods import apply_concepts, tune
+    from ..methods.core import work_dir_for
+
+    out = ctx.work / "concepts" / method / concept.slug
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # a previous run finished training but not scoring: train again (honest timing)
+        shutil.rmtree(out)
+    resume = work_dir_for(out).exists()
+    cfg = {"validation_images": 0, **ctx.method_config.get(method, {})}
+    with PeakMemory(device=ctx.device) as mem:
+        with Timer() as t_tune:
+            tune(method, photos_dir, concept.cls, out, model=ctx.model, steps=ctx.tune_steps, config=cfg,
+                 resume=resume, progress=ctx.progress, device=ctx.device)
+        with Timer() as t_first:
+            import json
+
+            meta = json.loads((out / "concept.json").read_text())
+            pipe = apply_concepts(_load(ctx), [out])
+            sample = _sampler(pipe, ctx)
+            phrase = f"{meta['tokens'][0]} {concept.cls}"
+            sample([f"a photo of {phrase}"], [0])
+    cost = {"personalise_s": round(t_tune.seconds, 2), "first_image_after_s": round(t_first.seconds, 2),
+            "time_to_first_image_s": round(t_tune.seconds + t_first.seconds, 2),
+            "peak_memory_bytes": mem.peak_bytes, "rss_before_bytes": int(mem.rss_before),
+            "artifact_bytes": folder_bytes(out), "train_steps": meta["training"]["steps"],
+            "train_seconds": meta["training"]["train_seconds"], "resumed": resume}
+
+    def close():
+        if not ctx.keep_concepts:
+            shutil.rmtree(out, ignore_errors=True)
+
+    return Personalised(phrase, sample, cost, close)
+
+
+def default_instant() -> str | None:
+    """The shipped InstantBooth artifact for the world model (all classes), if there is one."""
+    from ..pipeline import world_path
+
+    p = world_path().parent / "instantbooth" / "all"
+    return str(p) if (p / "instantbooth.json").exists() else None
+
+
+def instantbooth(ctx: RunContext, concept, photos_dir: Path) -> Personalised:
+    """InstantBooth: no training; personalisation = loading the encoder and encoding the photos."""
+    from ..inputs import InputError
+    from ..methods.instantbooth import install_instantbooth
+    from ..methods.instantbooth.inference import load_reference_images
+
+    weights = ctx.instant or default_instant()
+    if not weights:
+        raise InputError("instantbooth: no artifact (pass --instant DIR, or train one with "
+                         "`boothkit pretrain instantbooth`)")
+    with PeakMemory(device=ctx.device) as mem:
+        with Timer() as t_first:
+            pipe = _load(ctx)
+            with Timer() as t_encode:
+                ib = install_instantbooth(pipe, weights)
+                ib.set_images(load_reference_images(photos_dir))
+            sample = _sampler(pipe, ctx, encode=ib.encode_prompt)
+            phrase = f"{ib.cfg.identifier} {concept.cls}"
+            sample([f"a photo of {phrase}"], [0])
+    cost = {"personalise_s": round(t_encode.seconds, 3), "first_image_after_s": round(t_first.seconds, 2),
+            "time_to_first_image_s": round(t_first.seconds, 2), "peak_memory_bytes": mem.peak_bytes,
+            "rss_before_bytes": int(mem.rss_before), "artifact_bytes": 0,
+            "shared_artifact_bytes": folder_bytes(weights), "instant": str(weights)}
+    return Personalised(phrase, sample, cost, ib.remove)
+
+
+def personalise(method: str, ctx: RunContext, base_pipe, concept, photos_dir: Path) -> Personalised:
+    if method == "floor":
+        return floor(ctx, base_pipe, concept, photos_dir)
+    if method == "ceiling":
+        return ceiling(ctx, base_pipe, concept, photos_dir)
+    if method == "instantbooth":
+        return instantbooth(ctx, concept, photos_dir)
+    return tune_method(method, ctx, concept, photos_dir)
