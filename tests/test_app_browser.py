@@ -99,6 +99,12 @@ def browser_ready():
                     f"{(r.stderr or r.stdout).strip()[-500:]}")
 
 
+def _trains(method: str) -> bool:
+    from boothkit.methods import METHODS
+
+    return method in METHODS and METHODS[method].recipe is not None
+
+
 def _methods(real: bool):
     if not real:
         return standin_methods(0.02), "standin", "5"
@@ -123,7 +129,7 @@ def test_page_end_to_end(browser_ready, tmp_path, real):
     with ServerThread(AppConfig(data=tmp_path / "data", methods=methods)) as s:
         env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
         args = [s.url, str(photo_dir), str(shot), "ratty", steps, str(900_000 if real else 60_000),
-                QUICK_CONFIG if real else ""]
+                QUICK_CONFIG if real and _trains(default) else ""]
         r = subprocess.run(["node", str(driver), *args], capture_output=True, text=True, env=env,
                            timeout=1200 if real else 180)
         assert r.returncode == 0, r.stderr[-3000:]

@@ -1,7 +1,8 @@
 """Which personalisation methods the app offers, and which one it picks by default.
 
-The app offers exactly what `boothkit.methods.METHODS` registers (imported lazily: the app works, without concept
-creation, when no method is installed). The default is InstantBooth when it is registered (the issue's choice:
+The app offers what `boothkit.methods.METHODS` registers and can run here (a method whose `unavailable_reason()`
+names a missing piece, such as an encoder that is not shipped, is left out); imported lazily: the app works, without
+concept creation, when no method is installed. The default is InstantBooth when it is registered (the issue's choice:
 a result in seconds, no training); otherwise the first registered method in `SPEED_ORDER`, which lists the methods
 from fastest to slowest on the world model; a method not listed there comes after all that are.
 """
@@ -49,6 +50,11 @@ def registered_methods() -> dict[str, MethodSpec]:
         return {}
     out = {}
     for name, entry in registry.items():
+        why = entry.unavailable_reason() if hasattr(entry, "unavailable_reason") else None
+        if why:
+            log.info("method %s is not offered: %s", name, why)
+            continue
+
         def _tune(images, class_noun, out_dir, *, _name=name, **kw):
             return tune(_name, images, class_noun, out_dir, **kw)
 

@@ -49,7 +49,6 @@ class DreamBenchConfig:
     subjects: str | None = None  #: comma list of subject names (default: quick = first 2, full = all)
     seeds: list[int] | None = None
     sample_steps: int | None = None
-    instant: str | None = None
     progress: bool = True
     command: str | None = None
 
@@ -180,7 +179,7 @@ def run_dreambench(cfg: DreamBenchConfig) -> dict:
     _atomic_json(state, {"protocol": proto, "methods": methods})
     sim = SimilarityModels(cfg.clip, cfg.dino, cfg.device)
     ctx = RunContext(model=cfg.model, device=cfg.device, steps=steps, guidance=7.5, work=out / "work",
-                     tune_steps=cfg.tune_steps, method_config=cfg.method_config, instant=cfg.instant)
+                     tune_steps=cfg.tune_steps, method_config=cfg.method_config)
     base = None
     per_subject: dict[str, dict] = {m: {} for m in ["ceiling", *methods]}
     bar = tqdm([(m, s) for s in found for m in methods], desc="dreambench", disable=not cfg.progress)

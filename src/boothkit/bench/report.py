@@ -194,11 +194,16 @@ def write_report(out: Path, methods, subjects, prompts, preset, proto, machine: 
     from ..world.references import render_references
 
     records = {m: {} for m in methods}
+    failures = []
     for m in methods:
         for s in subjects:
             p = out / "units" / m / f"{s.slug}.json"
             if p.exists():
-                records[m][s.slug] = json.loads(p.read_text())
+                rec = json.loads(p.read_text())
+                if "error" in rec:
+                    failures.append({"method": m, "subject": s.name, "error": rec["error"]})
+                else:
+                    records[m][s.slug] = rec
     per_subject = {m: {slug: subject_metrics(r, records.get("floor", {}).get(slug)) for slug, r in recs.items()}
                    for m, recs in records.items()}
     results = {
@@ -209,6 +214,7 @@ def write_report(out: Path, methods, subjects, prompts, preset, proto, machine: 
         "complete": all(len(records[m]) == len(subjects) for m in methods),
         "methods": {m: aggregate(ps) for m, ps in per_subject.items() if ps},
         "per_subject": per_subject,
+        "failures": failures,
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(markdown(results))

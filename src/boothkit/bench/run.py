@@ -38,7 +38,6 @@ class BenchConfig:
     threads: int | None = None
     tune_steps: int | None = None  #: override every recipe's steps (tests); None = default recipes
     method_config: dict = field(default_factory=dict)
-    instant: str | None = None
     subjects_per_class: dict | None = None  #: override the preset's subjects
     prompts: list[str] | None = None
     seeds: list[int] | None = None
@@ -83,19 +82,11 @@ def _protocol(cfg: BenchConfig, preset: P.Preset, model_hash: str) -> dict:
 def recipes(cfg: BenchConfig) -> dict:
     """What each method runs with: the full config of fine-tuning methods, the artifact of InstantBooth."""
     from ..methods import METHODS
-    from .cost import folder_bytes
-    from .runners import default_instant
-
     out = {}
     for m in cfg.methods:
         if m in METHODS:
             out[m] = {**METHODS[m].config().to_dict(), **cfg.method_config.get(m, {}),
                       **({"steps": cfg.tune_steps} if cfg.tune_steps else {})}
-        elif m == "instantbooth":
-            art = cfg.instant or default_instant()
-            meta = Path(art) / "instantbooth.json" if art else None
-            out[m] = {"artifact": art, "bytes": folder_bytes(art) if art else None,
-                      "pretrain": json.loads(meta.read_text()).get("pretrain") if meta and meta.exists() else None}
     return json.loads(json.dumps(out))
 
 
@@ -151,14 +142,14 @@ def run_world(cfg: BenchConfig) -> dict:
     base = None
     ctx = RunContext(model=cfg.model, device=cfg.device, steps=preset.sample_steps, guidance=preset.guidance,
                      work=out / "work", tune_steps=cfg.tune_steps, method_config=cfg.method_config,
-                     instant=cfg.instant, keep_concepts=cfg.keep_concepts)
+                     keep_concepts=cfg.keep_concepts)
     prompts = [P.PROMPTS[k] for k in preset.prompts]
     units = [(m, s) for s in subjects for m in cfg.methods]  # this run's methods; the report covers all of them
     bar = tqdm(units, desc="bench", disable=not cfg.progress, unit="unit")
     for method, concept in bar:
         bar.set_postfix_str(f"{method} / {concept.name[:24]}")
         path = unit_path(out, method, concept)
-        if path.exists():
+        if path.exists() and "error" not in json.loads(path.read_text()):
             continue
         photos_dir = out / "work" / "photos" / concept.slug
         if not photos_dir.exists():
@@ -171,7 +162,12 @@ def run_world(cfg: BenchConfig) -> dict:
         plan = P.SubjectPlan(concept, P.companion(concept), P.others(concept))
         if base is None and method != "ceiling":
             base = load_pipeline(cfg.model, device=cfg.device, dtype="fp32", progress=False)
-        record = run_unit(method, ctx, base, plan, photos_dir, refs, scorer, prompts, preset)
+        try:
+            record = run_unit(method, ctx, base, plan, photos_dir, refs, scorer, prompts, preset)
+        except InputError as e:  # e.g. no E4T encoder for this class: recorded, reported, retried by a rerun
+            _atomic_json(path, {"method": method, "subject": concept.name, "slug": concept.slug, "error": str(e)})
+            bar.write(f"{method} / {concept.name}: {e}")
+            continue
         strip = record.pop("_strip")
         path.parent.mkdir(parents=True, exist_ok=True)
         to_pil_strip(to_pil(torch.stack(strip)), path.with_suffix(".png"))

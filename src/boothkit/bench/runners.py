@@ -1,5 +1,5 @@
-"""How each entry of the benchmark gets its images: tune-based methods (everything boothkit.methods registers),
-encoder methods (InstantBooth), and the two baselines (floor: the base model with the class noun; ceiling: the
+"""How each entry of the benchmark gets its images: every method boothkit.methods registers (through `tune`, so
+fine-tuning and encoder methods such as InstantBooth are timed the same way), and the two baselines (floor: the base model with the class noun; ceiling: the
 subject rendered exactly into each prompt's scene).
 
 A runner returns a `Personalised`: the subject phrase its prompts use, a `sample(texts, seeds)` function, and the
@@ -18,13 +18,13 @@ import torch
 from .cost import PeakMemory, Timer, folder_bytes
 
 BASELINES = ("floor", "ceiling")
-ENCODER_METHODS = ("instantbooth",)
 
 
 def known_methods() -> list[str]:
+    """The baselines, then every registered method (fine-tuning and encoder methods alike)."""
     from ..methods import METHODS
 
-    return [*BASELINES, *METHODS, *ENCODER_METHODS]
+    return [*BASELINES, *METHODS]
 
 
 @dataclass
@@ -38,7 +38,6 @@ class RunContext:
     work: Path  #: scratch: concept folders and training state (resumable)
     tune_steps: int | None = None  #: override every recipe's step count (None: each method's default recipe)
     method_config: dict = field(default_factory=dict)  #: per-method config overrides {"lora": {"rank": 8}}
-    instant: str | None = None  #: InstantBooth artifact folder
     keep_concepts: bool = False
     progress: Callable | None = None  #: progress(step, total) of a training run
 
@@ -118,6 +117,8 @@ def tune_method(method: str, ctx: RunContext, concept, photos_dir: Path) -> Pers
             "peak_memory_bytes": mem.peak_bytes, "rss_before_bytes": int(mem.rss_before),
             "artifact_bytes": folder_bytes(out), "train_steps": meta["training"]["steps"],
             "train_seconds": meta["training"]["train_seconds"], "resumed": resume}
+    if (out / "encoder").is_dir():  # InstantBooth: a copy of the shared encoder travels with each concept
+        cost["shared_encoder_bytes"] = folder_bytes(out / "encoder")
 
     def close():
         if not ctx.keep_concepts:
@@ -126,45 +127,9 @@ def tune_method(method: str, ctx: RunContext, concept, photos_dir: Path) -> Pers
     return Personalised(phrase, sample, cost, close)
 
 
-def default_instant() -> str | None:
-    """The shipped InstantBooth artifact for the world model (all classes), if there is one."""
-    from ..pipeline import world_path
-
-    p = world_path().parent / "instantbooth" / "all"
-    return str(p) if (p / "instantbooth.json").exists() else None
-
-
-def instantbooth(ctx: RunContext, concept, photos_dir: Path) -> Personalised:
-    """InstantBooth: no training; personalisation = loading the encoder and encoding the photos."""
-    from ..inputs import InputError
-    from ..methods.instantbooth import install_instantbooth
-    from ..methods.instantbooth.inference import load_reference_images
-
-    weights = ctx.instant or default_instant()
-    if not weights:
-        raise InputError("instantbooth: no artifact (pass --instant DIR, or train one with "
-                         "`boothkit pretrain instantbooth`)")
-    with PeakMemory(device=ctx.device) as mem:
-        with Timer() as t_first:
-            pipe = _load(ctx)
-            with Timer() as t_encode:
-                ib = install_instantbooth(pipe, weights)
-                ib.set_images(load_reference_images(photos_dir))
-            sample = _sampler(pipe, ctx, encode=ib.encode_prompt)
-            phrase = f"{ib.cfg.identifier} {concept.cls}"
-            sample([f"a photo of {phrase}"], [0])
-    cost = {"personalise_s": round(t_encode.seconds, 3), "first_image_after_s": round(t_first.seconds, 2),
-            "time_to_first_image_s": round(t_first.seconds, 2), "peak_memory_bytes": mem.peak_bytes,
-            "rss_before_bytes": int(mem.rss_before), "artifact_bytes": 0,
-            "shared_artifact_bytes": folder_bytes(weights), "instant": str(weights)}
-    return Personalised(phrase, sample, cost, ib.remove)
-
-
 def personalise(method: str, ctx: RunContext, base_pipe, concept, photos_dir: Path) -> Personalised:
     if method == "floor":
         return floor(ctx, base_pipe, concept, photos_dir)
     if method == "ceiling":
         return ceiling(ctx, base_pipe, concept, photos_dir)
-    if method == "instantbooth":
-        return instantbooth(ctx, concept, photos_dir)
     return tune_method(method, ctx, concept, photos_dir)

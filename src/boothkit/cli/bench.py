@@ -62,8 +62,7 @@ def bench(
     ctx: typer.Context,
     out: str = typer.Option(..., "--out", "-o", help="Results folder (resumable: a rerun continues there)."),
     methods: str = typer.Option(None, "--methods",
-                                help="Comma list; default: floor, ceiling, every registered method, and "
-                                     "instantbooth when an artifact is available."),
+                                help="Comma list; default: floor, ceiling and every registered method that can run here."),
     quick: bool = typer.Option(False, "--quick", help="Preset: 2 subjects, 4 prompts, 2 seeds (default)."),
     full: bool = typer.Option(False, "--full", help="Preset: 20 subjects over 5 classes, 12 prompts, 2 seeds."),
     subjects: str = typer.Option(None, "--subjects", help="Override the preset's subjects: CLASS=K,CLASS=K."),
@@ -72,7 +71,6 @@ def bench(
     sample_steps: int = typer.Option(None, "--sample-steps", help="Denoising steps per image (preset: 20)."),
     steps: int = typer.Option(None, "--steps", help="Override every recipe's training steps (smoke runs only)."),
     set_: list[str] = typer.Option(None, "--set", help="Method config override METHOD.FIELD=VALUE (repeatable)."),
-    instant: str = typer.Option(None, "--instant", help="InstantBooth artifact folder (default: the shipped one)."),
     device: str = typer.Option("auto", "--device", help="cuda, cpu or auto."),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads."),
     keep_concepts: bool = typer.Option(False, "--keep-concepts", help="Keep every concept folder under OUT/work."),
@@ -103,13 +101,17 @@ def bench(
             results = run_dreambench(cfg)
         else:
             from ..bench.run import BenchConfig, run_world
-            from ..bench.runners import default_instant, known_methods
+            from ..bench.runners import known_methods
 
-            names = methods.split(",") if methods else [m for m in known_methods()
-                                                        if m != "instantbooth" or (instant or default_instant())]
+            if methods:
+                names = methods.split(",")
+            else:
+                from ..methods import METHODS
+
+                names = [m for m in known_methods() if m not in METHODS or not METHODS[m].unavailable_reason()]
             cfg = BenchConfig(methods=[m.strip() for m in names], out=out, preset="full" if full else "quick",
                               model=model, device=dev, threads=threads, tune_steps=steps,
-                              method_config=_method_sets(set_), instant=instant,
+                              method_config=_method_sets(set_),
                               subjects_per_class=_classes(subjects),
                               prompts=prompts.split(",") if prompts else None, seeds=_ints(seeds),
                               sample_steps=sample_steps, keep_concepts=keep_concepts, progress=not no_progress,

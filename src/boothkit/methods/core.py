@@ -76,8 +76,13 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
     state = PartialState(cpu=cpu_only())  # under `accelerate launch`: one of several processes; only the main one writes
     pipe = load_pipeline(model, device=device, dtype="fp32", progress=False)
     base_hash = model_hash(model)
-    size = cfg.resolution or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    size = getattr(cfg, "resolution", None) or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     tokens = _tokens(spec, identifier, len(pairs))
+    if spec.encode is not None:  # an encoder method: no training loop, no work dir
+        if not state.is_main_process:
+            return out
+        return _encode_concept(spec, pipe, photo_sets[0], class_noun, tokens, cfg, out, model, base_hash, size,
+                               progress)
     subs = []
     for (imgs, cls), photos, token in zip(pairs, photo_sets, tokens):
         prior = None
@@ -137,6 +142,31 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
     return out
 
 
+def _encode_concept(spec, pipe, photos, class_noun, tokens, cfg, out, model, base_hash, size, progress) -> Path:
+    """tune() for encoder methods: the photos go through the method's encoder into a concept folder."""
+    import time
+
+    staged = staging_dir(out)
+    try:
+        t0 = time.perf_counter()
+        saved = spec.encode(pipe, photos, class_noun, tokens[0], cfg, staged, base_hash)
+        seconds = time.perf_counter() - t0
+        if progress:
+            progress(1, 1)
+        meta = {"method": spec.name, "base_model": model, "model_hash": base_hash, "tokens": tokens,
+                "class": class_noun, "classes": [class_noun], "prompt": instance_prompt(tokens[0], class_noun),
+                "resolution": size, "config": cfg.to_dict(), "files": saved.get("files", []),
+                "boothkit_version": __version__,
+                "training": {"first_step": 0, "steps": 0, "train_seconds": round(seconds, 3), "final_loss": None},
+                **{k: v for k, v in saved.items() if k != "files"}}
+        (staged / CONCEPT_FILE).write_text(json.dumps(meta, indent=1))
+        publish(staged, out)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return out
+
+
 _NOT_TRAJECTORY = {"steps", "checkpoint_every", "keep_checkpoints", "validate_every", "validation_images",
                    "validation_steps", "validation_prompt", "keep_training_state"}
 
@@ -178,7 +208,8 @@ def apply_concepts(pipe, concept_dirs) -> object:
                 f"but this pipeline's base model has hash {have}: load it with the model it was made for "
                 f"(--model {meta.get('base_model')})")
         metas.append((d, meta))
-    metas.sort(key=lambda dm: dm[1]["method"] != "dreambooth")
+    # full DreamBooth replaces the UNet: first; InstantBooth wraps attention processors: last
+    metas.sort(key=lambda dm: {"dreambooth": 0, "instantbooth": 2}.get(dm[1]["method"], 1))
     if sum(m["method"] == "dreambooth" for _, m in metas) > 1:
         raise InputError("at most one full DreamBooth concept can be applied (each one replaces the UNet)")
     lora_names = []

@@ -11,8 +11,17 @@ from typing import Callable
 class MethodSpec:
     name: str  #: registry key and `--method` value
     config: type  #: the method's config dataclass (extends training.config.TrainConfig)
-    recipe: type  #: the Recipe subclass: what trains and the per-batch loss
+    recipe: type | None  #: the Recipe subclass: what trains and the per-batch loss (None: an encoder method)
     load: Callable[[object, Path, dict], None]  #: load a concept folder into a pipeline (artifact.load)
     default_identifier: str  #: the token prompts use when the user gives none
     uses_prior: Callable[[object], bool]  #: whether this config needs class / regularisation images
     multi_concept: bool = False  #: whether several subjects can train jointly
+    #: encoder methods (no per-subject training): encode(pipe, photos, class_noun, token, cfg, folder, model_hash)
+    #: writes the concept's files into folder and returns {"files": [...], ...}; recipe is then None
+    encode: Callable | None = None
+    #: None when the method can run with its defaults here; else a sentence why not (e.g. no shipped encoder).
+    #: The app offers, and the benchmark runs by default, only available methods.
+    available: Callable[[], str | None] | None = None
+
+    def unavailable_reason(self) -> str | None:
+        return self.available() if self.available else None

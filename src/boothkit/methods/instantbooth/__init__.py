@@ -8,13 +8,22 @@ token embedding and visual tokens; generation needs no gradient step. Layers:
     artifact.py   instantbooth.safetensors (concept_head.*, patch_head.*, adapters.*) + instantbooth.json
     inference.py  install_instantbooth (plain diffusers pipelines), generate_instant (boothkit's path)
     pretrain.py   pretraining on world scenes of train concepts (`boothkit pretrain instantbooth`)
+    concept.py    the registered method: `tune --method instantbooth` encodes photos into a concept folder (no
+                  training step) that apply_concepts / generate --concept / the app / the benchmark load
 
-Not registered in boothkit.methods.METHODS: that registry is for `tune` (per-subject training); InstantBooth has
-no per-subject training, and no pretrained weights ship yet (see notes/issue-5.md).
+The encoder shipped for the world model is src/boothkit/assets/instantbooth/all (see notes/issue-5.md for how it
+was trained and how well it works).
 """
 
+from ..spec import MethodSpec
+from .concept import ConceptConfig, encode, load, shipped_encoder
 from .config import InstantBoothConfig, PretrainConfig
 from .inference import InstantBoothPipeline, generate_instant, install_instantbooth
 
-__all__ = ["InstantBoothConfig", "InstantBoothPipeline", "PretrainConfig", "generate_instant",
+METHOD = MethodSpec(name="instantbooth", config=ConceptConfig, recipe=None, load=load, default_identifier="sks",
+                    uses_prior=lambda cfg: False, encode=encode,
+                    available=lambda: None if shipped_encoder() else "no InstantBooth encoder is shipped for the "
+                    "world model (boothkit pretrain instantbooth; then --set encoder=DIR)")
+
+__all__ = ["METHOD", "ConceptConfig", "InstantBoothConfig", "InstantBoothPipeline", "PretrainConfig", "generate_instant",
            "install_instantbooth"]

@@ -73,8 +73,8 @@ class InstantBoothPipeline:
         return normalise_pixels(x, s, pre["mean"], pre["std"])
 
     @torch.no_grad()
-    def set_images(self, images, beta: float | None = None, mask_background: bool = True) -> None:
-        """Encode N >= 1 reference images of ONE subject: the mean concept embedding and all N images' patches."""
+    def encode_images(self, images, mask_background: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """N >= 1 reference images of ONE subject -> (concept embedding [text_dim], patches [1, N * T, cross_dim])."""
         if not images:
             raise InputError("InstantBooth needs at least one reference image")
         if mask_background:
@@ -84,7 +84,12 @@ class InstantBoothPipeline:
         head_param = next(self.model.concept_head.parameters())
         embeds, tokens = embeds.to(head_param), tokens.to(head_param)
         concept, patches = self.model.encode(embeds[None], tokens[None])  # [1, D], [1, N * T, C]
-        self.concept = concept[0]
+        return concept[0], patches
+
+    @torch.no_grad()
+    def set_images(self, images, beta: float | None = None, mask_background: bool = True) -> None:
+        """Encode N >= 1 reference images of ONE subject: the mean concept embedding and all N images' patches."""
+        self.concept, patches = self.encode_images(images, mask_background)
         self.attached.set_patches(patches, self.cfg.beta if beta is None else beta)
 
     @torch.no_grad()

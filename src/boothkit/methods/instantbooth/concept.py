@@ -1,0 +1,175 @@
+"""InstantBooth as a registered method: `tune --method instantbooth` encodes the photos (no gradient step) into a
+concept folder that `apply_concepts`, `boothkit generate --concept`, the app and the benchmark load like any other.
+
+A concept folder holds:
+    concept.json                       what every method writes (method, tokens, class, base model hash, ...)
+    instantbooth_concept.safetensors   "concept" [text_dim]: the concept embedding (mean over the photos, through
+                                       the concept head); "patches" [N * T, cross_dim]: the photos' patch tokens
+                                       through the patch head. Precomputed, so generation needs no image encoder.
+    encoder/                           a copy of the InstantBooth artifact the photos were encoded with (its
+                                       adapters are needed at generation; the copy keeps the folder self-contained)
+
+Loading installs the adapters on `pipe.unet` (attn1 processors + block pre-hooks, as `install_instantbooth`) with
+the patches, and wraps `pipe.encode_prompt` so that a prompt's identifier gets the concept embedding in place of its
+text-encoder output (times alpha). Everything else about the pipeline is unchanged: plain `pipe(prompt)` calls work.
+
+Two subjects in one prompt (beyond the paper): each concept has its own identifier (`--identifier`, one token,
+e.g. "sks" and "zwx") and its own patches. Both concepts' identifiers get their own concept embedding; the adapters
+attend to both subjects' patches at once (concatenated). Known failure: nothing ties subject i's patches to the
+image region of identifier i, so appearances mix (measured in notes/issue-5.md). Both concepts must come from the
+same encoder (the adapters are shared).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ...inputs import InputError
+from .config import _Dict, _need
+
+CONCEPT_WEIGHTS = "instantbooth_concept.safetensors"
+ENCODER_DIR = "encoder"
+
+
+@dataclass
+class ConceptConfig(_Dict):
+    """`tune --method instantbooth` settings: which encoder, and the inference knobs stored with the concept."""
+
+    encoder: str = ""  #: InstantBooth artifact folder ("" = the one shipped for the world model)
+    alpha: float | None = None  #: concept scale at generation (None: the encoder's default)
+    beta: float | None = None  #: adapter strength at generation (None: the encoder's default)
+    mask_background: bool = True  #: flood-fill each photo's flat background to white (as pretraining saw it)
+    steps: int = 0  #: no training happens; kept so that --steps is accepted (it is ignored)
+
+    def validate(self) -> None:
+        _need(self.alpha is None or self.alpha >= 0, f"alpha must be >= 0 (got {self.alpha})")
+        _need(self.beta is None or self.beta >= 0, f"beta must be >= 0 (got {self.beta})")
+
+
+def shipped_encoder() -> Path | None:
+    """The InstantBooth encoder shipped for the world model (trained on all classes), if there is one."""
+    from ...pipeline import world_path
+
+    p = world_path().parent / "instantbooth" / "all"
+    return p if (p / "instantbooth.json").is_file() else None
+
+
+def _encoder_dir(cfg: ConceptConfig) -> Path:
+    if cfg.encoder:
+        return Path(cfg.encoder)
+    p = shipped_encoder()
+    if p is None:
+        raise InputError("instantbooth: no encoder given and none shipped; train one with "
+                         "`boothkit pretrain instantbooth --class all --out DIR`, then --set encoder=DIR")
+    return p
+
+
+def encode(pipe, photos, class_noun: str, token: str, cfg: ConceptConfig, folder: Path, model_hash: str) -> dict:
+    """Encode the photos with the encoder into `folder` (a staging folder that tune() publishes)."""
+    from safetensors.torch import save_file
+
+    from .artifact import read_meta
+    from .inference import install_instantbooth
+
+    enc = _encoder_dir(cfg)
+    want = read_meta(enc).get("model_hash")
+    if want and want != model_hash:
+        raise InputError(f"instantbooth encoder {enc} was trained on a base model with hash {want}; this model has "
+                         f"hash {model_hash}")
+    ib = install_instantbooth(pipe, enc, alpha=cfg.alpha, beta=cfg.beta)
+    try:
+        if token != ib.cfg.identifier:
+            ib.token_id = _single_token(pipe.tokenizer, token)
+        concept, patches = ib.encode_images(photos, mask_background=cfg.mask_background)
+    finally:
+        ib.remove()
+    save_file({"concept": concept.float().cpu().contiguous(), "patches": patches[0].float().cpu().contiguous()},
+              str(folder / CONCEPT_WEIGHTS))
+    shutil.copytree(enc, folder / ENCODER_DIR, ignore=shutil.ignore_patterns("*.work", "checkpoint-*"))
+    return {"files": [CONCEPT_WEIGHTS, ENCODER_DIR], "instantbooth": {
+        "encoder": str(enc), "alpha": ib.cfg.alpha, "beta": ib.cfg.beta, "n_photos": len(photos),
+        "patch_tokens": int(patches.shape[1])}}
+
+
+def _single_token(tokenizer, word: str) -> int:
+    ids = tokenizer(word, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        raise InputError(f"identifier {word!r} is {len(ids)} tokens for this tokenizer; InstantBooth needs one token")
+    return ids[0]
+
+
+class _Installed:
+    """The InstantBooth state on one pipeline: the shared adapters and every loaded concept."""
+
+    def __init__(self, attached, encoder_key: str, beta: float):
+        self.attached, self.encoder_key, self.beta = attached, encoder_key, beta
+        self.concepts: list[tuple[int, torch.Tensor, float]] = []  # (token id, concept [D], alpha)
+        self.patches: list[torch.Tensor] = []
+
+    def add(self, token_id: int, concept: torch.Tensor, alpha: float, patches: torch.Tensor) -> None:
+        if any(t == token_id for t, _, _ in self.concepts):
+            raise InputError("two InstantBooth concepts use the same identifier: give each its own "
+                             "(tune --identifier)")
+        self.concepts.append((token_id, concept, alpha))
+        self.patches.append(patches)
+        self.attached.set_patches(torch.cat(self.patches, dim=0)[None], self.beta)
+
+
+def load(pipe, folder: Path, meta: dict) -> None:
+    """Install a concept folder on `pipe` (adapters on pipe.unet once; the concept embedding at its identifier)."""
+    import hashlib
+    import inspect
+
+    from safetensors.torch import load_file
+
+    from . import artifact
+    from .modules import attach, inject_concept, model_dims
+
+    folder = Path(folder)
+    enc = folder / ENCODER_DIR
+    model, ameta = artifact.load(enc, alpha=meta.get("instantbooth", {}).get("alpha"),
+                                 beta=meta.get("instantbooth", {}).get("beta"))
+    have = model_dims(pipe)
+    for k in ("text_dim", "cross_dim"):
+        if have[k] != ameta["dims"][k]:
+            raise InputError(f"--concept {folder}: made for {k}={ameta['dims'][k]}, this pipeline has {have[k]}")
+    key = hashlib.sha1((enc / artifact.WEIGHTS).read_bytes()).hexdigest()
+    state: _Installed | None = getattr(pipe, "_boothkit_instantbooth", None)
+    if state is None:
+        p = next(pipe.unet.parameters())
+        model.to(p.device, p.dtype)
+        state = _Installed(attach(pipe.unet, model, beta=model.cfg.beta), key, model.cfg.beta)
+        pipe._boothkit_instantbooth = state
+        original = pipe.encode_prompt
+        sig = inspect.signature(original)
+
+        def encode_prompt(*args, **kwargs):
+            pe, ne = original(*args, **kwargs)
+            b = sig.bind(*args, **kwargs)
+            prompt = b.arguments.get("prompt")
+            if prompt is None or b.arguments.get("prompt_embeds") is not None:
+                return pe, ne
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            n = int(b.arguments.get("num_images_per_prompt") or 1)
+            tok = pipe.tokenizer
+            if hasattr(pipe, "maybe_convert_prompt"):
+                prompts = [pipe.maybe_convert_prompt(p, tok) for p in prompts]
+            ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                      return_tensors="pt").input_ids.repeat_interleave(n, dim=0)
+            for token_id, concept, alpha in state.concepts:
+                pe = inject_concept(pe, ids, token_id, concept.to(pe.device), alpha)
+            return pe, ne
+
+        pipe.encode_prompt = encode_prompt
+    elif state.encoder_key != key:
+        raise InputError(f"--concept {folder}: its InstantBooth encoder differs from the one of the concept "
+                         "already loaded; concepts used together must come from the same encoder")
+    t = load_file(str(folder / CONCEPT_WEIGHTS))
+    p = next(pipe.unet.parameters())
+    token_id = _single_token(pipe.tokenizer, meta["tokens"][0])
+    state.add(token_id, t["concept"].to(p.device, p.dtype), model.cfg.alpha, t["patches"].to(p.device, p.dtype))
+

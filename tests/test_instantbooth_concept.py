@@ -1,0 +1,107 @@
+"""InstantBooth as a registered method: tune encodes (no training) into a concept folder; apply_concepts reproduces
+generate_instant exactly; two subjects with their own identifiers; clear errors and nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from boothkit.inputs import InputError
+from boothkit.methods import METHODS, apply_concepts, tune
+from boothkit.methods.instantbooth import artifact, generate_instant
+from boothkit.methods.instantbooth.pretrain import write_untrained
+from boothkit.pipeline import load_pipeline
+
+PROMPT = "a photo of sks animal on a red background"
+
+
+def _world():
+    pipe = load_pipeline("world", device="cpu", dtype="fp32", progress=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    """Untrained heads with every gamma at 0.5, so the adapters act."""
+    out = tmp_path_factory.mktemp("ib-enc") / "enc"
+    write_untrained(out, _world(), cls="all")
+    model, meta = artifact.load(out)
+    with torch.no_grad():
+        for a in model.adapters.values():
+            a.gamma.fill_(0.5)
+    shutil.rmtree(out)
+    artifact.save(model, out, meta)
+    return out
+
+
+@pytest.fixture(scope="module")
+def concept(tmp_path_factory, encoder, subject_photos):
+    return tune("instantbooth", subject_photos, "animal", tmp_path_factory.mktemp("ib-c") / "rat",
+                config={"encoder": str(encoder)})
+
+
+def test_registered_and_tune_writes_a_concept_without_training(concept, subject_photos):
+    assert "instantbooth" in METHODS and METHODS["instantbooth"].recipe is None
+    meta = json.loads((concept / "concept.json").read_text())
+    assert meta["method"] == "instantbooth" and meta["tokens"] == ["sks"] and meta["training"]["steps"] == 0
+    assert (concept / "instantbooth_concept.safetensors").is_file() and artifact.is_artifact(concept / "encoder")
+    from safetensors.torch import load_file
+
+    t = load_file(str(concept / "instantbooth_concept.safetensors"))
+    n = len(list(subject_photos.iterdir()))
+    assert tuple(t["concept"].shape) == (128,) and t["patches"].shape[0] == n * 65  # photos x (CLS + 64 patches)
+
+
+def test_apply_concepts_reproduces_generate_instant(concept, encoder, subject_photos):
+    pipe = apply_concepts(_world(), [concept])
+    g = torch.Generator("cpu").manual_seed(0)
+    via_concept = np.asarray(pipe(PROMPT, num_inference_steps=3, guidance_scale=5.0, generator=g).images[0])
+    from boothkit.generate import GenerateConfig
+
+    direct = np.asarray(generate_instant(_world(), encoder, subject_photos, PROMPT,
+                                         GenerateConfig(n=1, steps=3))[0])
+    assert np.abs(via_concept.astype(int) - direct.astype(int)).max() <= 1
+    plain = np.asarray(_world()(PROMPT, num_inference_steps=3, guidance_scale=5.0,
+                                generator=torch.Generator("cpu").manual_seed(0)).images[0])
+    assert np.abs(via_concept.astype(int) - plain.astype(int)).max() > 10  # the concept does act
+
+
+def test_two_subjects_each_with_its_identifier(concept, encoder, subject_photos, second_subject_photos, tmp_path):
+    other = tune("instantbooth", second_subject_photos, "food", tmp_path / "food", identifier="olis",
+                 config={"encoder": str(encoder)})
+    pipe = apply_concepts(_world(), [concept, other])
+    state = pipe._boothkit_instantbooth
+    assert len(state.concepts) == 2 and state.attached.condition.patches.shape[1] == sum(
+        len(list(p.iterdir())) * 65 for p in (subject_photos, second_subject_photos))
+    img = pipe("a photo of sks animal on the left and olis food on the right", num_inference_steps=2,
+               generator=torch.Generator("cpu").manual_seed(0)).images[0]
+    assert img.size == (64, 64)
+    with pytest.raises(InputError, match="same identifier"):
+        apply_concepts(_world(), [concept, concept])
+
+
+def test_bad_encoder_is_a_clear_error_and_nothing_is_written(subject_photos, encoder, tmp_path):
+    out = tmp_path / "x"
+    with pytest.raises(InputError, match="instantbooth"):
+        tune("instantbooth", subject_photos, "animal", out, config={"encoder": str(tmp_path / "missing")})
+    assert not out.exists() and not list(tmp_path.glob(".x*"))
+    with pytest.raises(InputError, match="one token"):
+        tune("instantbooth", subject_photos, "animal", out, identifier="zjq", config={"encoder": str(encoder)})
+    assert not out.exists()
+
+
+def test_app_offers_instantbooth_only_with_an_encoder_and_then_defaults_to_it(encoder, monkeypatch):
+    import boothkit.methods.instantbooth as ib
+    from boothkit.app.registry import default_method, registered_methods
+    from boothkit.methods.instantbooth import concept as ib_concept
+
+    monkeypatch.setattr(ib, "shipped_encoder", lambda: None)
+    assert METHODS["instantbooth"].unavailable_reason() and "instantbooth" not in registered_methods()
+    monkeypatch.setattr(ib, "shipped_encoder", lambda: encoder)
+    monkeypatch.setattr(ib_concept, "shipped_encoder", lambda: encoder)
+    assert default_method(registered_methods()) == "instantbooth"
