@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -253,3 +254,24 @@ def test_dreambench_with_tiny_models(tmp_path, tiny_model, subject_photos, secon
     rec = json.loads((out / "units" / "floor" / "teapot.json").read_text())
     assert rec["images"][0]["prompt"] == "a teapot in the jungle"
     assert "| lora |" in (out / "results.md").read_text()
+
+
+def test_units_are_claimed_by_one_process(tmp_path):
+    import subprocess
+    import sys
+
+    from boothkit.bench.run import claim
+
+    unit = tmp_path / "units" / "lora" / "rat.json"
+    lock = claim(unit)
+    assert lock is not None and lock.read_text() == str(os.getpid())
+    other = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(other.stdout.strip())  # a process that has exited: a stale lock is taken over
+    assert claim(unit) is not None
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        lock.write_text(str(live.pid))
+        assert claim(unit) is None  # a live process holds it
+    finally:
+        live.kill()
+        live.wait()

@@ -59,8 +59,10 @@ def subject_metrics(record: dict, floor_record: dict | None) -> dict:
     m["drift_others_top5"] = d["others_top5"] if d else None
     fd = (floor_record or {}).get("drift")
     m["drift_class_identity_delta"] = (d["class_judge_i"] - fd["class_judge_i"]) if d and fd else None
+    resumed = record["cost"].get("resumed")  # a unit continued after a kill: its training time is partial
     for k in COST:
-        m[k] = record["cost"].get(k)
+        m[k] = None if resumed and k in ("personalise_s", "time_to_first_image_s", "peak_memory_bytes") \
+            else record["cost"].get(k)
     m["by_group"] = {}
     for g in sorted({r["group"] for r in rows}):
         gr = [r for r in rows if r["group"] == g]

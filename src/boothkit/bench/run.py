@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,30 +152,72 @@ def run_world(cfg: BenchConfig) -> dict:
         path = unit_path(out, method, concept)
         if path.exists() and "error" not in json.loads(path.read_text()):
             continue
+        lock = claim(path)
+        if lock is None:  # another `boothkit bench` process on the same --out is running this unit
+            continue
         photos_dir = out / "work" / "photos" / concept.slug
         if not photos_dir.exists():
-            tmp = photos_dir.with_name(photos_dir.name + ".tmp")
+            tmp = photos_dir.with_name(f"{photos_dir.name}.{os.getpid()}.tmp")
             tmp.mkdir(parents=True, exist_ok=True)
             for i, im in enumerate(render_references(concept, n=preset.n_references, seed=0)[0]):
                 im.save(tmp / f"{i:02d}.png")
-            tmp.replace(photos_dir)
+            try:
+                tmp.replace(photos_dir)
+            except OSError:  # another process wrote the same (deterministic) photos first
+                shutil.rmtree(tmp, ignore_errors=True)
         refs = scorer.refs(concept, from_pil(render_references(concept, n=preset.n_references, seed=0)[0]))
         plan = P.SubjectPlan(concept, P.companion(concept), P.others(concept))
         if base is None and method != "ceiling":
             base = load_pipeline(cfg.model, device=cfg.device, dtype="fp32", progress=False)
         try:
-            record = run_unit(method, ctx, base, plan, photos_dir, refs, scorer, prompts, preset)
-        except InputError as e:  # e.g. no E4T encoder for this class: recorded, reported, retried by a rerun
-            _atomic_json(path, {"method": method, "subject": concept.name, "slug": concept.slug, "error": str(e)})
-            bar.write(f"{method} / {concept.name}: {e}")
-            continue
-        strip = record.pop("_strip")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        to_pil_strip(to_pil(torch.stack(strip)), path.with_suffix(".png"))
-        _atomic_json(path, record)
+            try:
+                record = run_unit(method, ctx, base, plan, photos_dir, refs, scorer, prompts, preset)
+            except InputError as e:  # e.g. no E4T encoder for this class: recorded, reported, retried by a rerun
+                _atomic_json(path, {"method": method, "subject": concept.name, "slug": concept.slug, "error": str(e)})
+                bar.write(f"{method} / {concept.name}: {e}")
+                continue
+            strip = record.pop("_strip")
+            to_pil_strip(to_pil(torch.stack(strip)), path.with_suffix(".png"))
+            _atomic_json(path, record)
+        finally:
+            lock.unlink(missing_ok=True)
     bar.close()
     results = write_report(out, methods, subjects, prompts, preset, proto, machine(), cfg)
     return results
+
+
+def claim(path: Path) -> Path | None:
+    """Take a unit for this process (a lock file holding its pid), or None if a live process holds it. Several
+    `boothkit bench` processes on one --out thus share the work (e.g. one per CPU core); a lock left by a killed
+    process is taken over."""
+    lock = path.with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                return None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return lock
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def to_pil_strip(images, path: Path) -> None:

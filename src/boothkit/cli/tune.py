@@ -29,7 +29,7 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def tune(
-    method: str = typer.Option(..., "--method", help="dreambooth, lora, ti or custom."),
+    method: str = typer.Option(..., "--method", help="dreambooth, lora, ti, custom, e4t or instantbooth."),
     images: str = typer.Option(..., "--images", help="Folder of 1-20 subject photos (jpg/png/webp, any size)."),
     class_noun: str = typer.Option(..., "--class", help="The subject's class noun, e.g. dog."),
     out: str = typer.Option(..., "--out", "-o", help="Concept folder to write (e.g. concepts/NAME)."),

@@ -9,6 +9,7 @@ itself is (the ceiling).
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -86,7 +87,7 @@ class _Prototypes(dict):
             embs.append(self.judge(renderer().render(SceneBatch.from_scenes(scenes[i:i + 256])).to(self.device)).cpu())
         e = torch.nn.functional.normalize(torch.cat(embs).view(len(cs), len(bgs), -1).mean(1), dim=-1)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # several processes may fill the cache at once
         save_file({"rows": torch.tensor(rows), "emb": e.contiguous()}, str(tmp))
         tmp.replace(path)
         return rows, e
