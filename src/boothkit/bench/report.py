@@ -179,7 +179,9 @@ def subject_grid(out: Path, slug: str, methods: list[str], ref_images, prompts, 
                           for _, ims in rows)
     sheet = Image.new("RGB", (width, len(rows) * (cell + 4) + 18), "white")
     draw = ImageDraw.Draw(sheet)
-    draw.text((label_w, 2), "  ".join(p.key for p in prompts), fill=(80, 80, 80))
+    pitch = (64 + 1) * scale  # unit strips: 64 px images with 1 px padding, scaled
+    for i, p in enumerate(prompts):
+        draw.text((label_w + scale + i * pitch, 4), p.key[:20], fill=(80, 80, 80))
     y = 18
     for name, ims in rows:
         draw.text((4, y + cell // 2 - 6), name, fill=(0, 0, 0))

@@ -277,6 +277,8 @@ def run_unit(method: str, ctx: RunContext, base, plan: P.SubjectPlan, photos_dir
     cost = dict(pers.cost)
     if n_images:
         cost["seconds_per_image"] = round(gen_seconds / n_images, 4)
+    where = {"device": ctx.device, "torch_threads": torch.get_num_threads(), "pid": os.getpid(),
+             "load_average": round(os.getloadavg()[0], 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return {"method": method, "subject": concept.name, "slug": concept.slug, "class": concept.cls,
-            "companion": comp.name, "phrase": pers.phrase, "cost": cost, "drift": drift, "images": rows,
-            "_strip": strip}
+            "companion": comp.name, "phrase": pers.phrase, "cost": cost, "drift": drift, "run": where,
+            "images": rows, "_strip": strip}

@@ -99,7 +99,10 @@ def tune_method(method: str, ctx: RunContext, concept, photos_dir: Path) -> Pers
     if out.exists():  # a previous run finished training but not scoring: train again (honest timing)
         shutil.rmtree(out)
     resume = work_dir_for(out).exists()
-    cfg = {"validation_images": 0, **ctx.method_config.get(method, {})}
+    from ..methods import METHODS
+
+    trains = METHODS[method].recipe is not None  # encoder methods (InstantBooth) have no validation grids
+    cfg = {**({"validation_images": 0} if trains else {}), **ctx.method_config.get(method, {})}
     with PeakMemory(device=ctx.device) as mem:
         with Timer() as t_tune:
             tune(method, photos_dir, concept.cls, out, model=ctx.model, steps=ctx.tune_steps, config=cfg,
