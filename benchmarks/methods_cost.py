@@ -10,6 +10,9 @@ For each subject (a held-out world concept; 5 reference renders are its "photos"
 - prompt obedience: "... on a <bg> background" and "... on the left/right" read back from pixels
   (boothkit.world.measure), for the personalised prompt and for the base model's class prompt.
 
+(Superseded by `boothkit bench`, which measures every method on the benchmark protocol; kept because
+results/methods_cost.json was made with it.)
+
 Usage: OMP_NUM_THREADS=1 python benchmarks/methods_cost.py [--methods lora,ti,dreambooth,custom] [--subjects 2]
 Prints one JSON object.
 """
@@ -150,8 +153,9 @@ def main():
             run = {"subject": concept.name, "method": method, "steps": meta["config"]["steps"],
                    "batch_size": meta["config"]["batch_size"], "lr": meta["config"]["lr"],
                    "wall_seconds": round(wall, 1), "train_seconds": meta["training"]["train_seconds"],
-                   "target_seconds": result["targets_seconds"][method],
-                   "within_target": wall <= result["targets_seconds"][method],
+                   "target_seconds": result["targets_seconds"].get(method),
+                   "within_target": (wall <= result["targets_seconds"][method]
+                                     if method in result["targets_seconds"] else None),
                    "artifact_bytes": sum(p.stat().st_size for p in out.rglob("*.safetensors")),
                    **identity(judge, protos, concept, imgs, refs), **obedience(pipe, phrase, args.n, args.sample_steps),
                    "identity_gain_vs_base": None}

@@ -13,8 +13,9 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-#: Fastest first (typical wall time to a usable concept; encoder methods need no per-subject training).
-SPEED_ORDER = ("instantbooth", "e4t", "lora", "ti", "custom", "dreambooth")
+#: The default's preference: fastest first among methods that work for any class. E4T is fast but only has
+#: encoders for some classes (person and animal on the world model), so it comes after LoRA.
+SPEED_ORDER = ("instantbooth", "lora", "e4t", "ti", "custom", "dreambooth")
 PREFERRED_DEFAULT = "instantbooth"
 
 log = logging.getLogger("boothkit.app")

@@ -71,3 +71,38 @@ def instantbooth(
     except InputError as e:
         raise UsageError(str(e)) from e
     typer.echo(json.dumps(summary, indent=1))
+
+
+@pretrain_app.command("e4t")
+def e4t(
+    cls: str = typer.Option(..., "--class", help="The domain: a world class (person, face, animal, plant, food, "
+                                                 "vehicle, object)."),
+    out: str = typer.Option(..., "--out", "-o", help="Encoder folder (e4t_encoder.safetensors + .json)."),
+    steps: int = typer.Option(1000, "--steps", help="Optimizer steps."),
+    batch: int = typer.Option(8, "--batch", help="Scenes per step."),
+    lr: float = typer.Option(3e-4, "--lr", help="Learning rate of the encoder head."),
+    lr_offsets: float = typer.Option(3e-4, "--lr-offsets", help="Learning rate of the weight offsets."),
+    rank: int = typer.Option(4, "--rank", help="Rank of the weight offsets on the UNet's q/k/v projections."),
+    seed: int = typer.Option(0, "--seed"),
+    checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Checkpoint every N steps."),
+    val_every: int = typer.Option(250, "--val-every", help="Held-out-subject loss every N steps (train_log)."),
+    val_batches: int = typer.Option(2, "--val-batches", help="Fixed held-out batches for that loss (0: none)."),
+    work: str = typer.Option("", "--work", help="Checkpoints and train_log.jsonl (default: <out>.work)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --work."),
+    model: str = typer.Option("world", "--model", "-m", help="Base model (needs an image_encoder)."),
+    device: str = typer.Option("auto", "--device", help="cuda, mps, cpu or auto."),
+):
+    """Pretrain an E4T domain encoder and weight offsets on world scenes of one class's train concepts."""
+    from ..generate import UsageError
+    from ..inputs import InputError
+    from ..methods.e4t.config import EncoderConfig, PretrainConfig
+    from ..methods.e4t.pretrain import pretrain_e4t
+
+    try:
+        cfg = PretrainConfig(cls=cls, steps=steps, batch_size=batch, lr=lr, lr_offsets=lr_offsets, seed=seed,
+                             checkpoint_every=checkpoint_every, val_every=val_every, val_batches=val_batches)
+        summary = pretrain_e4t(out, cfg, EncoderConfig(rank=rank, alpha=float(rank)), model=model,
+                               work=work or None, resume=resume, device=device)
+    except InputError as e:
+        raise UsageError(str(e)) from e
+    typer.echo(json.dumps(summary, indent=1))

@@ -42,6 +42,12 @@ _register(_dreambooth)
 from .custom import METHOD as _custom  # noqa: E402
 
 _register(_custom)
+from .e4t import METHOD as _e4t  # noqa: E402
+
+_register(_e4t)
+from .instantbooth import METHOD as _instantbooth  # noqa: E402
+
+_register(_instantbooth)
 
 from .core import apply_concepts, tune  # noqa: E402
 

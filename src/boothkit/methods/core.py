@@ -105,7 +105,12 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
-    recipe = spec.recipe(pipe, cfg, subs)
+    try:
+        recipe = spec.recipe(pipe, cfg, subs)  # may refuse (e.g. no E4T encoder for the class)
+    except BaseException:
+        if state.is_main_process and not resume:
+            shutil.rmtree(work, ignore_errors=True)  # nothing trained: leave no empty work folder behind
+        raise
     stats = train(recipe, cfg, work, resume=resume, run_info=run_info, progress=progress, on_step=on_step)
     if not stats["is_main_process"]:
         return out

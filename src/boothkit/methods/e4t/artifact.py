@@ -1,0 +1,200 @@
+"""E4T's two artifacts: the pretrained domain encoder (per class) and the tuned concept (per subject).
+
+Pretrained domain encoder, a folder (assets/e4t/<class>/ ships one per class; `boothkit pretrain e4t` writes one):
+
+    e4t_encoder.safetensors   encoder.*  the head (CLIP features -> embedding offset)
+                              unet.*     the domain's weight offsets (peft LoRA tensors, adapter name dropped)
+    e4t_encoder.json          encoder config and sizes, class word, base model + hash, preprocessing, pretraining
+
+Tuned concept (what `tune` writes; core.tune adds concept.json), in the formats stock diffusers loaders read:
+
+    learned_embeds.safetensors    {token: [1, D]}: the final word e = embed(class) + s * E(photos), computed once
+                                  with the tuned encoder (pipe.load_textual_inversion; the TI method's file)
+    pytorch_lora_weights.safetensors  the tuned weight offsets as a LoRA (pipe.load_lora_weights; the LoRA
+                                  method's writer)
+
+Why this split: the paper keeps the encoder at inference (its word depends on the timestep through UNet features).
+Our encoder sees the photos only (modules.py), so its output for a subject is one fixed vector and the encoder is
+not needed any more after tuning: a concept is ~1 kB of embedding plus a few hundred kB of low-rank offsets,
+instead of a model per concept, and any diffusers pipeline loads it without boothkit.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from ...inputs import InputError, publish, staging_dir
+from ..lora import artifact as lora_artifact
+from ..ti import artifact as ti_artifact
+from .config import EncoderConfig
+from .modules import DomainEncoder
+
+ENCODER_WEIGHTS = "e4t_encoder.safetensors"
+ENCODER_META = "e4t_encoder.json"
+FORMAT = "boothkit-e4t-encoder"
+
+
+# --- the pretrained domain encoder ----------------------------------------------------------------------------
+def is_encoder(folder: str | Path) -> bool:
+    return (Path(folder) / ENCODER_META).is_file() and (Path(folder) / ENCODER_WEIGHTS).is_file()
+
+
+def default_encoder(cls: str) -> Path:
+    """The shipped encoder of a class: src/boothkit/assets/e4t/<class>/."""
+    return Path(__file__).resolve().parents[2] / "assets" / "e4t" / cls
+
+
+def shipped_classes() -> list[str]:
+    """Classes with a shipped encoder (assets/e4t/<class>/)."""
+    root = default_encoder("person").parent
+    return sorted(p.name for p in root.iterdir() if is_encoder(p)) if root.is_dir() else []
+
+
+def domain_of(class_noun: str) -> str | None:
+    """The world class a class noun belongs to: the class itself ("person"), else the class of the world concepts
+    named by the noun ("rat" -> animal: exact name first, then names containing the word); None if unknown."""
+    from collections import Counter
+
+    from ...world.concepts import CLASSES, all_concepts
+
+    noun = class_noun.strip().lower()
+    if noun in CLASSES:
+        return noun
+    exact = [c.cls for c in all_concepts() if c.name == noun]
+    if exact:
+        return exact[0]
+    words = Counter(c.cls for c in all_concepts() if noun in c.name.replace(",", " ").split())
+    return words.most_common(1)[0][0] if words else None
+
+
+def resolve_encoder(path: str, class_noun: str) -> Path:
+    """`path` if given, else the shipped encoder of the noun's domain; InputError saying what to do when there is
+    none."""
+    if path:
+        read_encoder_meta(path)
+        return Path(path)
+    domain = domain_of(class_noun)
+    if domain is None:
+        from ...world.concepts import CLASSES
+
+        raise InputError(f"e4t: class {class_noun!r} is not a world class and names no world concept, so no shipped "
+                         f"encoder applies; pretrain one for the class it belongs to (one of {', '.join(CLASSES)}) "
+                         f"with `boothkit pretrain e4t --class CLASS --out DIR` and pass it with --set encoder=DIR")
+    shipped = default_encoder(domain)
+    if not is_encoder(shipped):
+        which = f"class {class_noun!r}" + (f" (world class {domain!r})" if domain != class_noun else "")
+        raise InputError(f"e4t: no pretrained encoder ships for {which}; pretrain one with "
+                         f"`boothkit pretrain e4t --class {domain} --out DIR` and pass it with --set encoder=DIR")
+    return shipped
+
+
+def read_encoder_meta(folder: str | Path) -> dict:
+    folder = Path(folder)
+    if not is_encoder(folder):
+        raise InputError(f"e4t encoder {folder}: not a pretrained E4T encoder (needs {ENCODER_META} and "
+                         f"{ENCODER_WEIGHTS}; make one with `boothkit pretrain e4t`)")
+    try:
+        meta = json.loads((folder / ENCODER_META).read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"e4t encoder {folder}: {ENCODER_META} is not valid JSON ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise InputError(f"e4t encoder {folder}: {ENCODER_META} has format {meta.get('format')!r}, "
+                         f"expected {FORMAT!r}")
+    return meta
+
+
+def save_encoder(encoder: DomainEncoder, offsets: dict[str, torch.Tensor], folder: str | Path,
+                 meta: dict | None = None) -> Path:
+    """Write a pretrained encoder to `folder` atomically (replacing an older E4T encoder there, nothing else).
+
+    offsets: the UNet's weight offsets as peft names them without the adapter (get_peft_model_state_dict).
+    """
+    from safetensors.torch import save_file
+
+    from ... import __version__
+
+    folder = Path(folder)
+    if folder.exists() and (folder.is_file() or any(folder.iterdir()) and not is_encoder(folder)):
+        raise InputError(f"--out {folder}: exists and is not an E4T encoder folder; pick a new folder")
+    folder.resolve().parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
+    tensors.update({f"unet.{k}": v for k, v in offsets.items()})
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+    info = {**(meta or {}), "format": FORMAT, "format_version": 1, "config": encoder.cfg.to_dict(),
+            "dims": encoder.dims, "boothkit_version": __version__}
+    staged = staging_dir(folder)
+    try:
+        save_file(tensors, str(staged / ENCODER_WEIGHTS), metadata={"format": FORMAT})
+        (staged / ENCODER_META).write_text(json.dumps(info, indent=1))
+        publish(staged, folder)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_encoder(folder: str | Path) -> tuple[DomainEncoder, dict[str, torch.Tensor], dict]:
+    """-> (encoder head on the CPU, weight offsets {peft name: tensor}, json)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta = read_encoder_meta(folder)
+    encoder = DomainEncoder(EncoderConfig.from_dict(meta["config"]), meta["dims"])
+    tensors = load_file(str(folder / ENCODER_WEIGHTS))
+    head = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
+    offsets = {k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")}
+    want = set(encoder.state_dict())
+    if set(head) != want or not offsets or len(head) + len(offsets) != len(tensors):
+        raise InputError(f"e4t encoder {folder}: {ENCODER_WEIGHTS} does not match its {ENCODER_META} "
+                         f"(missing {sorted(want - set(head))[:3]})")
+    encoder.load_state_dict(head)
+    return encoder, offsets, meta
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+# --- the tuned concept ------------------------------------------------------------------------------------------
+def save(recipe, folder: Path) -> dict:
+    """Write the final word (textual-inversion file) and the tuned weight offsets (LoRA file) into folder."""
+    from safetensors.torch import save_file
+
+    token = recipe.subjects[0].token
+    word = recipe.word().detach().to("cpu", torch.float32).reshape(1, -1).contiguous()  # [1, D]
+    save_file({token: word}, str(Path(folder) / ti_artifact.WEIGHTS))
+    enc = recipe.encoder.cfg
+    # the LoRA writer reads unet, train_modules and cfg.rank / cfg.alpha; the offsets' shape is the encoder's
+    lora = lora_artifact.save(SimpleNamespace(unet=recipe.unet, train_modules=("unet",),
+                                              cfg=SimpleNamespace(rank=enc.rank, alpha=enc.alpha)), folder)
+    return {"files": [ti_artifact.WEIGHTS, *lora["files"]], "lora": lora["lora"],
+            "e4t": {"encoder": str(recipe.encoder_path),
+                    "encoder_sha256": _sha256(recipe.encoder_path / ENCODER_WEIGHTS),
+                    "encoder_class": recipe.encoder_meta.get("class"),
+                    "class_word": recipe.class_word, "offset_norm": round(float(recipe.offset().detach().norm()), 5),
+                    "word_norm": round(float(word.norm()), 5)}}
+
+
+def load(pipe, folder: Path, meta: dict) -> str:
+    """The word through load_textual_inversion, the weight offsets through load_lora_weights (named adapter).
+
+    Loading a LoRA makes it the only active adapter; this keeps the ones loaded before active too. Several E4T
+    concepts share their domain's pretrained offsets, so they are weighted 1/k each (the domain part is applied
+    once, each subject's tuned part at 1/k) instead of adding the domain offsets k times.
+    """
+    before = pipe.get_active_adapters() if getattr(pipe.unet, "peft_config", None) else []
+    ti_artifact.load(pipe, folder, meta)
+    name = lora_artifact.load(pipe, folder, meta)
+    ours = [*getattr(pipe, "e4t_adapters", []), name]
+    pipe.e4t_adapters = ours
+    others = [a for a in before if a not in ours]
+    if others or len(ours) > 1:
+        pipe.set_adapters(others + ours, [1.0] * len(others) + [1.0 / len(ours)] * len(ours))
+    return name

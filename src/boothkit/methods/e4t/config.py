@@ -1,0 +1,106 @@
+"""E4T settings (Gal et al. 2023, arXiv 2302.12228): the encoder's shape, domain pretraining, domain tuning.
+
+`EncoderConfig` is stored in the pretrained encoder's json (what rebuilds the head and the weight offsets);
+`PretrainConfig` describes one domain-pretraining run; `E4TConfig` is the per-subject domain tuning that
+`boothkit tune --method e4t` runs (a TrainConfig, so it shares the training loop, checkpoints and resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+
+from ...inputs import InputError
+from ...training.config import TrainConfig
+
+#: UNet attention projections that get weight offsets (self- and cross-attention q/k/v, as in the paper)
+UNET_TARGETS = ("to_q", "to_k", "to_v")
+
+
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise InputError(f"e4t config: {msg}")
+
+
+class _Dict:
+    @classmethod
+    def from_dict(cls, d: dict | None):
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        _need(not unknown, f"unknown key(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class EncoderConfig(_Dict):
+    """Shape of the domain encoder and the weight offsets (stored with the pretrained weights)."""
+
+    hidden: int = 256  #: hidden width of the encoder head (CLIP features -> embedding offset)
+    offset_scale: float = 0.1  #: s in e = embed(class) + s * E(x) (the paper's small scale on the offset)
+    rank: int = 4  #: rank of the weight offsets (LoRA-style Delta W = B A on to_q / to_k / to_v)
+    alpha: float = 4.0  #: weight offset scale numerator (Delta W = alpha / rank * B A)
+
+    def __post_init__(self):
+        _need(self.hidden >= 1, f"hidden must be at least 1 (got {self.hidden})")
+        _need(self.offset_scale > 0, f"offset_scale must be positive (got {self.offset_scale})")
+        _need(self.rank >= 1, f"rank must be at least 1 (got {self.rank})")
+        _need(self.alpha > 0, f"alpha must be positive (got {self.alpha})")
+
+
+@dataclass
+class PretrainConfig(_Dict):
+    """One domain-pretraining run on world scenes of TRAIN concepts of one class (held-out subjects never drawn)."""
+
+    cls: str = "person"  #: the domain: a world class ("person", "animal", ...)
+    steps: int = 1000  #: optimizer steps
+    batch_size: int = 8  #: scenes per step
+    lr: float = 3e-4  #: AdamW lr of the encoder head
+    lr_offsets: float = 3e-4  #: AdamW lr of the weight offsets
+    reg_embedding: float = 1e-2  #: lambda of the L2 penalty on the embedding offset s * E(x) (mean square per dim x D)
+    reg_weights: float = 1e-2  #: lambda of the L2 penalty on the weight offsets (sum of ||Delta W||_F^2)
+    weight_decay: float = 0.0  #: AdamW weight decay (the L2 penalties are the regularisers)
+    max_grad_norm: float = 1.0  #: gradient clipping (0 = off)
+    seed: int = 0  #: decides initialisation, data, noise and timesteps
+    checkpoint_every: int = 100  #: resumable checkpoint every N steps (0 = only at the end)
+    keep_checkpoints: int = 2  #: keep the newest K complete checkpoints
+    val_every: int = 250  #: held-out denoising loss every N steps (also before the first and after the last step)
+    val_batches: int = 2  #: fixed batches of HELD-OUT concepts of the class for that loss (0 = none)
+
+    def __post_init__(self):
+        from ...world.concepts import CLASSES
+
+        _need(self.cls in CLASSES, f"cls must be one of {CLASSES} (got {self.cls!r})")
+        _need(self.steps >= 1, f"steps must be at least 1 (got {self.steps})")
+        _need(self.batch_size >= 1, f"batch_size must be at least 1 (got {self.batch_size})")
+        _need(self.lr > 0 and self.lr_offsets > 0, "learning rates must be positive")
+        _need(self.reg_embedding >= 0 and self.reg_weights >= 0, "reg_embedding and reg_weights must be >= 0")
+        _need(self.weight_decay >= 0 and self.max_grad_norm >= 0, "weight_decay and max_grad_norm must be >= 0")
+        _need(self.checkpoint_every >= 0, "checkpoint_every must be >= 0")
+        _need(self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1")
+        _need(self.val_every >= 0 and self.val_batches >= 0, "val_every and val_batches must be >= 0")
+
+
+@dataclass
+class E4TConfig(TrainConfig):
+    """Domain tuning of one subject: starts from the pretrained encoder; encoder head + weight offsets train."""
+
+    steps: int = 10  #: the paper tunes 5-15 steps
+    lr: float = 1e-3  #: one lr for the encoder head and the weight offsets (measured in notes/e4t.md)
+    batch_size: int = 16  #: augmented (flipped) copies of the subject photo(s) per step (the paper's 16)
+    weight_decay: float = 0.0  #: the L2 penalties below are the regularisers
+    encoder: str = ""  #: pretrained E4T encoder folder (default: assets/e4t/<world class of the class noun>/)
+    reg_embedding: float = 1e-2  #: lambda of the L2 penalty on the embedding offset
+    reg_weights: float = 1e-2  #: lambda of the L2 penalty on the weight offsets
+
+    def validate(self) -> None:
+        super().validate()
+        if self.reg_embedding < 0 or self.reg_weights < 0:
+            raise InputError("config: reg_embedding and reg_weights must be >= 0")
+        if self.encoder:
+            from .artifact import read_encoder_meta
+
+            read_encoder_meta(self.encoder)  # a missing or wrong folder fails here, before anything is written
