@@ -159,6 +159,17 @@ def test_world_bench_resumes_and_refuses_another_protocol(world_run, monkeypatch
     assert r.exit_code == 2 and "another protocol" in r.output
     r = CliRunner().invoke(app, BENCH + ["--set", "lora.rank=2", "--out", str(world_run)])
     assert r.exit_code == 2 and "another recipe" in r.output
+    (world_run / "results.md").unlink()
+    monkeypatch.setattr(run_mod, "run_unit", lambda *a, **k: pytest.fail("--report-only ran a unit"))
+    (world_run / "units" / "floor" / "rat.json").rename(world_run / "rat.json.bak")  # a missing unit is not run
+    try:
+        r = CliRunner().invoke(app, BENCH + ["--report-only", "--out", str(world_run)])
+    finally:
+        (world_run / "rat.json.bak").rename(world_run / "units" / "floor" / "rat.json")
+    assert r.exit_code == 0, r.output
+    assert "| lora |" in (world_run / "results.md").read_text() and "| floor" not in (world_run / "results.md").read_text()
+    bench = json.loads((world_run / "bench.json").read_text())
+    assert len(bench["commands"]) == 1  # --report-only adds no command
 
 
 def test_floor_is_deterministic(world_run, tmp_path):

@@ -103,14 +103,14 @@ def _pm(m: dict, k: str, nd=3) -> str:
 
 
 def markdown(results: dict) -> str:
-    head = ("| method | identity (judge-I) | identity acc | prompt fidelity | CLIP-T (world) | composition | "
+    head = ("| method | subjects | identity (judge-I) | identity acc | prompt fidelity | CLIP-T (world) | composition | "
             "drift: class→subject Δ | other concepts top-5 | personalise s | time to 1st image s | s / image | "
             "peak memory MB | artifact bytes |")
-    lines = [head, "|" + "|".join(["---"] * 13) + "|"]
+    lines = [head, "|" + "|".join(["---"] * 14) + "|"]
     for name, m in results["methods"].items():
         mem = m.get("peak_memory_bytes")
         lines.append("| " + " | ".join([
-            LABELS.get(name, name), _pm(m, "identity"), _pm(m, "identity_acc"), _pm(m, "prompt_fidelity"),
+            LABELS.get(name, name), str(m["n_subjects"]), _pm(m, "identity"), _pm(m, "identity_acc"), _pm(m, "prompt_fidelity"),
             _pm(m, "clip_t"), _pm(m, "composition"), _fmt(m.get("drift_class_identity_delta")),
             _fmt(m.get("drift_others_top5")), _fmt(m.get("personalise_s"), 1), _fmt(m.get("time_to_first_image_s"), 1),
             _fmt(m.get("seconds_per_image"), 3), _fmt(mem / 2**20, 0) if mem else "–",
@@ -123,6 +123,14 @@ def markdown(results: dict) -> str:
             f"interval over subjects. Machine: {results['machine'].get('gpu') or results['machine']['processor']}, "
             f"{results['machine']['cpu_count']} cores, {results['machine']['torch_threads']} torch threads.\n"
             f"Command: `{results['command']}`\n")
+    earlier = [c for c in results.get("commands", []) if c != results["command"]]
+    if earlier:
+        note += "Earlier commands into the same folder (their finished units are reused): " + \
+            "; ".join(f"`{c}`" for c in earlier) + "\n"
+    if results.get("failures"):
+        note += f"{len(results['failures'])} units failed and are not in the table: " + "; ".join(
+            sorted({f['error'].split(';')[0] if f['error'].startswith(f['method'])
+                    else f"{f['method']}: {f['error'].split(';')[0]}" for f in results["failures"]})) + "\n"
     return "\n".join(lines) + "\n" + note
 
 
@@ -156,6 +164,7 @@ def plots(results: dict, out: Path) -> None:
         fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(rows)))
         ax.barh([n for n, _ in rows], [t for _, t in rows], color="tab:blue")
         ax.set_xscale("log")
+        ax.set_xlim(left=min(t for _, t in rows) / 3, right=max(t for _, t in rows) * 3)  # bars start well left
         ax.set_xlabel("seconds to the first personalised image (log scale)")
         for i, (_, t) in enumerate(rows):
             ax.text(t, i, f" {t:.1f}s", va="center", fontsize=8)
@@ -212,7 +221,10 @@ def write_report(out: Path, methods, subjects, prompts, preset, proto, machine: 
                    for m, recs in records.items()}
     results = {
         "schema_version": 1, "schema": "docs/bench.md",
-        "command": getattr(cfg, "command", None) or " ".join(sys.argv),
+        # the command that ran units (a --report-only rewrite names the last one that did)
+        "command": ((cfg.commands[-1] if getattr(cfg, "report_only", False) and getattr(cfg, "commands", None)
+                     else getattr(cfg, "command", None)) or " ".join(sys.argv)),
+        "commands": getattr(cfg, "commands", None) or [],
         "machine": machine, "protocol": proto,
         "subjects": [{"name": s.name, "slug": s.slug, "class": s.cls} for s in subjects],
         "complete": all(len(records[m]) == len(subjects) for m in methods),

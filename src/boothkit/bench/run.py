@@ -45,7 +45,9 @@ class BenchConfig:
     sample_steps: int | None = None
     keep_concepts: bool = False
     progress: bool = True
+    report_only: bool = False  #: write the report from the finished units; run nothing
     command: str | None = None  #: the command line, written into the results
+    commands: list = field(default_factory=list)  #: every command that ran into this --out (from bench.json)
 
 
 def _atomic_json(path: Path, obj) -> None:
@@ -134,8 +136,14 @@ def run_world(cfg: BenchConfig) -> dict:
                              f"{out}/units/<method>")
         recipe = {**old["recipes"], **recipe}
         methods = old["methods"] + [m for m in methods if m not in old["methods"]]  # a rerun may add methods
-    _atomic_json(state_file, {"protocol": proto, "methods": methods, "recipes": recipe,
+        commands = old.get("commands", [])
+    else:
+        commands = []
+    if cfg.command and cfg.command not in commands and not cfg.report_only:
+        commands.append(cfg.command)  # every invocation that contributed units
+    _atomic_json(state_file, {"protocol": proto, "methods": methods, "recipes": recipe, "commands": commands,
                               "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    cfg.commands = commands
     proto = {**proto, "recipes": recipe}
 
     judge = Judge.load(world_dir / "judge")
@@ -146,6 +154,8 @@ def run_world(cfg: BenchConfig) -> dict:
                      keep_concepts=cfg.keep_concepts)
     prompts = [P.PROMPTS[k] for k in preset.prompts]
     units = [(m, s) for s in subjects for m in cfg.methods]  # this run's methods; the report covers all of them
+    if cfg.report_only:
+        units = []
     bar = tqdm(units, desc="bench", disable=not cfg.progress, unit="unit")
     for method, concept in bar:
         bar.set_postfix_str(f"{method} / {concept.name[:24]}")

@@ -80,6 +80,8 @@ def bench(
     clip: str = typer.Option(None, "--clip", help="DreamBench: CLIP model (folder or hub id) for CLIP-I / CLIP-T."),
     dino: str = typer.Option(None, "--dino", help="DreamBench: DINO ViT (folder or hub id) for DINO similarity."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    report_only: bool = typer.Option(False, "--report-only",
+                                     help="Rewrite the report from the finished units in --out; run nothing."),
     model: str = MODEL,
 ):
     """Benchmark personalisation methods: identity, prompt fidelity, drift and cost, with tables, plots, grids."""
@@ -115,6 +117,7 @@ def bench(
                               subjects_per_class=_classes(subjects),
                               prompts=prompts.split(",") if prompts else None, seeds=_ints(seeds),
                               sample_steps=sample_steps, keep_concepts=keep_concepts, progress=not no_progress,
+                              report_only=report_only,
                               command=_command(ctx))
             results = run_world(cfg)
     except (InputError, ValueError) as e:
@@ -123,5 +126,8 @@ def bench(
     from pathlib import Path
 
     typer.echo((Path(out) / "results.md").read_text())
-    if not results.get("complete", True):
+    if results.get("failures"):
+        typer.secho(f"{len(results['failures'])} units failed (results.json 'failures' says why); a rerun retries "
+                    "them", fg="yellow")
+    elif not results.get("complete", True):
         typer.secho("incomplete: some units are missing (rerun the same command to continue)", fg="yellow")

@@ -192,9 +192,8 @@ def inject_concept(hidden: torch.Tensor, input_ids: torch.Tensor, token_id: int,
 class ImageCondition:
     """Per-call state shared by every adapter: the patch tokens and beta. patches None = adapters off.
 
-    One subject per call. Two subjects in one prompt (beyond the paper, not built yet) would go here: a list of
-    (patches_i, beta_i), each adapter attending to [y, patches_1, patches_2] (or running once per subject and
-    summing the gated updates), with each identifier ("sks", "zjq") getting its own concept token through
+    Two subjects in one prompt (beyond the paper; concept.py): their patch tokens are concatenated along M, so every
+    adapter attends to [y, patches_1, patches_2], and each identifier gets its own concept token through
     `inject_concept`. Expected failure mode: nothing ties subject i's patches to the image region of identifier i,
     so appearances mix; a cross-attention mask from each identifier's attn2 map would be the next step.
     """
