@@ -10,8 +10,31 @@ from ..inputs import InputError
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 
 
+class DictConfig:
+    """from_dict / to_dict for the typed config dataclasses (training and the methods' own configs)."""
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "DictConfig":
+        """Build from a JSON object; unknown keys are an error that lists the known ones."""
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(f"config: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
+        for f in fields(cls):  # type check what JSON can get wrong
+            if f.name in d and f.type in ("int", "float", "bool", "str"):
+                v = d[f.name]
+                want = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
+                if isinstance(v, bool) and f.type in ("int", "float") or not isinstance(v, want):
+                    raise InputError(f"config: {f.name} must be {f.type} (got {v!r})")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
     """Shared training settings. Every field is recorded in concept.json."""
 
     steps: int = 200  #: optimizer steps
@@ -60,21 +83,3 @@ class TrainConfig:
         need(self.validation_images >= 0, "validation_images must be >= 0")
         need(self.validation_steps >= 1, "validation_steps must be at least 1")
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "TrainConfig":
-        """Build from a JSON object; unknown keys are an error that lists the known ones."""
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"config: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
-        for f in fields(cls):  # type check what JSON can get wrong
-            if f.name in d and f.type in ("int", "float", "bool", "str"):
-                v = d[f.name]
-                want = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
-                if isinstance(v, bool) and f.type in ("int", "float") or not isinstance(v, want):
-                    raise InputError(f"config: {f.name} must be {f.type} (got {v!r})")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)

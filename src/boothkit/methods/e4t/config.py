@@ -7,10 +7,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from ...inputs import InputError
+from ...training.config import DictConfig as _Dict
 from ...training.config import TrainConfig
 
 #: UNet attention projections that get weight offsets (self- and cross-attention q/k/v, as in the paper)
@@ -20,19 +20,6 @@ UNET_TARGETS = ("to_q", "to_k", "to_v")
 def _need(ok: bool, msg: str) -> None:
     if not ok:
         raise InputError(f"e4t config: {msg}")
-
-
-class _Dict:
-    @classmethod
-    def from_dict(cls, d: dict | None):
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        _need(not unknown, f"unknown key(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass

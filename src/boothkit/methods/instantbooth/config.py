@@ -6,29 +6,14 @@ to use them); `PretrainConfig` describes one pretraining run and lives beside it
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from ...inputs import InputError
+from ...training.config import DictConfig as _Dict
 
 def _need(ok: bool, msg: str) -> None:
     if not ok:
         raise InputError(f"instantbooth config: {msg}")
-
-
-class _Dict:
-    """from_dict / to_dict shared by both configs (unknown keys are an error naming the known ones)."""
-
-    @classmethod
-    def from_dict(cls, d: dict | None):
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        _need(not unknown, f"unknown key(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass
