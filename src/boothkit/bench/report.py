@@ -142,7 +142,7 @@ def plots(results: dict, out: Path) -> None:
 
     ms = results["methods"]
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name, m in ms.items():
+    for i, (name, m) in enumerate(ms.items()):
         x, y = m.get("prompt_fidelity"), m.get("identity")
         if x is None or y is None:
             continue
@@ -150,7 +150,7 @@ def plots(results: dict, out: Path) -> None:
         ye = [[y - m["identity_ci95"][0]], [m["identity_ci95"][1] - y]]
         ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", capsize=3,
                     color="gray" if name in LABELS else None)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4 + 9 * (i % 3)), fontsize=9)  # stagger
     ax.set_xlabel("prompt fidelity (attribute + composition accuracy)")
     ax.set_ylabel("identity (judge-I: cosine to the references)")
     ax.set_title("boothkit bench: identity vs prompt fidelity (95% CI over subjects)", fontsize=10)
