@@ -4,6 +4,7 @@ subject photo folders rendered from the world's held-out concepts, and an isolat
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -126,3 +127,18 @@ def plain_pipeline(model):
     pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def write_active_instantbooth(out: Path, pipe, cls: str) -> Path:
+    """An InstantBooth artifact with untrained heads but every adapter gate at 0.5, so the adapters act."""
+    from boothkit.methods.instantbooth import artifact
+    from boothkit.methods.instantbooth.pretrain import write_untrained
+
+    write_untrained(out, pipe, cls=cls)
+    model, meta = artifact.load(out)
+    with torch.no_grad():
+        for a in model.adapters.values():
+            a.gamma.fill_(0.5)
+    shutil.rmtree(out)
+    artifact.save(model, out, meta)
+    return out

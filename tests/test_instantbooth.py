@@ -17,8 +17,9 @@ from boothkit.inputs import InputError
 from boothkit.methods.instantbooth import InstantBoothConfig, PretrainConfig, generate_instant, install_instantbooth
 from boothkit.methods.instantbooth import artifact
 from boothkit.methods.instantbooth.modules import InstantBooth, attach, model_dims
-from boothkit.methods.instantbooth.pretrain import pretrain_instantbooth, write_untrained
+from boothkit.methods.instantbooth.pretrain import pretrain_instantbooth
 from boothkit.pipeline import load_pipeline, world_path
+from conftest import write_active_instantbooth
 
 PROMPT = "a photo of sks animal on a red background"
 
@@ -38,15 +39,7 @@ def refs(subject_photos):
 @pytest.fixture(scope="module")
 def active_artifact(tmp_path_factory, world):
     """Untrained heads, but every gamma set to 0.5 and a non-trivial concept head, so the adapters act."""
-    out = tmp_path_factory.mktemp("ib") / "active"
-    write_untrained(out, world, cls="animal")
-    model, meta = artifact.load(out)
-    with torch.no_grad():
-        for a in model.adapters.values():
-            a.gamma.fill_(0.5)
-    shutil.rmtree(out)
-    artifact.save(model, out, meta)
-    return out
+    return write_active_instantbooth(tmp_path_factory.mktemp("ib") / "active", world, cls="animal")
 
 
 def _images(pipe, prompt="a photo of a small cat", steps=2, **kw):

@@ -4,7 +4,6 @@ generate_instant exactly; two subjects with their own identifiers; clear errors 
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -13,8 +12,8 @@ import torch
 from boothkit.inputs import InputError
 from boothkit.methods import METHODS, apply_concepts, tune
 from boothkit.methods.instantbooth import artifact, generate_instant
-from boothkit.methods.instantbooth.pretrain import write_untrained
 from boothkit.pipeline import load_pipeline
+from conftest import write_active_instantbooth
 
 PROMPT = "a photo of sks animal on a red background"
 
@@ -28,15 +27,7 @@ def _world():
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
     """Untrained heads with every gamma at 0.5, so the adapters act."""
-    out = tmp_path_factory.mktemp("ib-enc") / "enc"
-    write_untrained(out, _world(), cls="all")
-    model, meta = artifact.load(out)
-    with torch.no_grad():
-        for a in model.adapters.values():
-            a.gamma.fill_(0.5)
-    shutil.rmtree(out)
-    artifact.save(model, out, meta)
-    return out
+    return write_active_instantbooth(tmp_path_factory.mktemp("ib-enc") / "enc", _world(), cls="all")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import os
 import shutil
 import uuid
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +164,19 @@ def staging_dir(out: str | Path) -> Path:
     tmp = out.resolve().parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     return tmp
+
+
+@contextmanager
+def staged_folder(out: str | Path):
+    """`with staged_folder(out) as tmp:` write everything into tmp; when the block succeeds, tmp replaces `out`
+    atomically (publish); when anything fails, tmp is removed and `out` is left as it was."""
+    tmp = staging_dir(out)
+    try:
+        yield tmp
+        publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def publish(staged: Path, out: str | Path) -> Path:

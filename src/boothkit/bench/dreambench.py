@@ -182,13 +182,16 @@ def run_dreambench(cfg: DreamBenchConfig) -> dict:
                      tune_steps=cfg.tune_steps, method_config=cfg.method_config)
     base = None
     per_subject: dict[str, dict] = {m: {} for m in ["ceiling", *methods]}
+    refs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     bar = tqdm([(m, s) for s in found for m in methods], desc="dreambench", disable=not cfg.progress)
     for method, subj in bar:
         cls = classes[subj]
-        photos = load_subject_images(data / subj)
-        ref_clip, ref_dino = sim.clip_image(photos), sim.dino_image(photos)
-        per_subject["ceiling"][subj] = {"dino": _pairwise_mean(ref_dino), "clip_i": _pairwise_mean(ref_clip),
-                                        "clip_t": None}
+        if subj not in refs:  # the real photos' features: once per subject, not once per method
+            photos = load_subject_images(data / subj)
+            refs[subj] = sim.clip_image(photos), sim.dino_image(photos)
+            per_subject["ceiling"][subj] = {"dino": _pairwise_mean(refs[subj][1]),
+                                            "clip_i": _pairwise_mean(refs[subj][0]), "clip_t": None}
+        ref_clip, ref_dino = refs[subj]
         unit = out / "units" / method / f"{subj}.json"
         if unit.exists():
             per_subject[method][subj] = json.loads(unit.read_text())

@@ -12,7 +12,7 @@ import random
 from dataclasses import asdict, dataclass, field
 
 from ..world.concepts import Concept, concept_index, heldout_concepts, train_concepts
-from ..world.scenes import Scene, SceneObject, article, centre_of, fixed_scene
+from ..world.scenes import POS_PHRASE, Scene, SceneObject, article, centre_of, fixed_scene
 
 GROUPS = ("recontext", "style", "composition", "bare")
 
@@ -29,21 +29,23 @@ class BenchPrompt:
     style: str | None = None
     companion_side: str | None = None  #: composition: where the companion goes ("right" or "bottom")
 
+    def sides(self) -> tuple[str, str]:
+        """Composition: (the subject's position, the companion's position)."""
+        return ("left", "right") if self.companion_side == "right" else ("top", "bottom")
+
     def text(self, subject: str, companion: str | None = None) -> str:
         """The prompt with `subject` as the subject phrase ("sks dog")."""
         if self.group == "bare":
             return f"a photo of {subject}"
         if self.group == "composition":
-            mine, theirs = ("left", "right") if self.companion_side == "right" else ("top", "bottom")
-            where = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
-            return (f"a photo of {article(subject)} {subject} {where[mine]} and {article(companion)} {companion} "
-                    f"{where[theirs]}")
+            mine, theirs = self.sides()
+            return (f"a photo of {article(subject)} {subject} {POS_PHRASE[mine]} and {article(companion)} {companion} "
+                    f"{POS_PHRASE[theirs]}")
         words = [w for w in (self.size, self.style) if w] + [subject]
         thing = " ".join(words)
         parts = [f"a photo of {article(thing)} {thing}"]
         if self.position:
-            parts.append({"center": "in the center", "left": "on the left", "right": "on the right",
-                          "top": "at the top", "bottom": "at the bottom"}[self.position])
+            parts.append(POS_PHRASE[self.position])
         if self.bg:
             parts.append(f"on {article(self.bg)} {self.bg} background")
         return " ".join(parts)
@@ -108,6 +110,11 @@ def preset(name: str, **overrides) -> Preset:
     return p
 
 
+def class_prompt(noun: str) -> str:
+    """ "a photo of a dog": the class prompt (the floor's bare prompt, drift, CLIP-T's text for the bare prompt)."""
+    return f"a photo of {article(noun)} {noun}"
+
+
 def subjects(p: Preset) -> list[Concept]:
     """Held-out subjects: the first k of each class, in the world's fixed held-out order."""
     out = []
@@ -136,7 +143,7 @@ def ceiling_scene(prompt: BenchPrompt, subject: Concept, comp: Concept | None = 
     idx = concept_index()
     row = idx[subject.id]
     if prompt.group == "composition":
-        sides = ("left", "right") if prompt.companion_side == "right" else ("top", "bottom")
+        sides = prompt.sides()
         objs = []
         for (r, c), side in zip(((row, subject), (idx[comp.id], comp)), sides):
             cx, cy = centre_of(side, 32)

@@ -22,7 +22,6 @@ import torch
 
 from ..inputs import InputError
 from ..world.concepts import Concept
-from ..world.scenes import article
 from . import protocol as P
 from .runners import RunContext, known_methods, personalise
 
@@ -165,17 +164,18 @@ def run_world(cfg: BenchConfig) -> dict:
         lock = claim(path)
         if lock is None:  # another `boothkit bench` process on the same --out is running this unit
             continue
+        photos = render_references(concept, n=preset.n_references, seed=0)[0]
         photos_dir = out / "work" / "photos" / concept.slug
         if not photos_dir.exists():
             tmp = photos_dir.with_name(f"{photos_dir.name}.{os.getpid()}.tmp")
             tmp.mkdir(parents=True, exist_ok=True)
-            for i, im in enumerate(render_references(concept, n=preset.n_references, seed=0)[0]):
+            for i, im in enumerate(photos):
                 im.save(tmp / f"{i:02d}.png")
             try:
                 tmp.replace(photos_dir)
             except OSError:  # another process wrote the same (deterministic) photos first
                 shutil.rmtree(tmp, ignore_errors=True)
-        refs = scorer.refs(concept, from_pil(render_references(concept, n=preset.n_references, seed=0)[0]))
+        refs = scorer.refs(concept, from_pil(photos))
         plan = P.SubjectPlan(concept, P.companion(concept), P.others(concept))
         if base is None and method != "ceiling":
             base = load_pipeline(cfg.model, device=cfg.device, dtype="fp32", progress=False)
@@ -238,7 +238,7 @@ def to_pil_strip(images, path: Path) -> None:
 
 def _clip_text(prompt: P.BenchPrompt, cls: str, comp: Concept) -> str:
     if prompt.group == "bare":
-        return f"a photo of {article(cls)} {cls}"
+        return P.class_prompt(cls)
     return prompt.text(cls, comp.name)
 
 
@@ -260,7 +260,7 @@ def run_unit(method: str, ctx: RunContext, base, plan: P.SubjectPlan, photos_dir
                 text = prompt.text(f"[V] {concept.cls}", comp.name)
             else:
                 phrase = pers.phrase
-                text = (f"a photo of {article(phrase)} {phrase}" if method == "floor" and prompt.group == "bare"
+                text = (P.class_prompt(phrase) if method == "floor" and prompt.group == "bare"
                         else prompt.text(phrase, comp.name))
                 t0 = time.perf_counter()
                 images = pers.sample([text] * len(seeds), seeds)
@@ -272,12 +272,12 @@ def run_unit(method: str, ctx: RunContext, base, plan: P.SubjectPlan, photos_dir
             strip.append(images[0])
         drift = None
         if method != "ceiling":
-            cls_text = f"a photo of {article(concept.cls)} {concept.cls}"
+            cls_text = P.class_prompt(concept.cls)
             dseeds = list(preset.drift_seeds)
             cls_imgs = pers.sample([cls_text] * len(dseeds), dseeds)
             other = []
             for o in plan.others:
-                other += scorer.present(pers.sample([f"a photo of {article(o.name)} {o.name}"] * len(dseeds),
+                other += scorer.present(pers.sample([P.class_prompt(o.name)] * len(dseeds),
                                                     dseeds), o)
             drift = {"class_judge_i": round(float(torch.tensor(scorer.identity(cls_imgs, refs)["judge_i"]).mean()), 5),
                      "others_top5": round(sum(other) / len(other), 4),

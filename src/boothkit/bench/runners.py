@@ -8,6 +8,7 @@ cost of getting there (personalisation seconds, time to the first image, peak me
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Callable
 import torch
 
 from .cost import PeakMemory, Timer, folder_bytes
+from .protocol import class_prompt
 
 BASELINES = ("floor", "ceiling")
 
@@ -75,7 +77,7 @@ def floor(ctx: RunContext, base_pipe, concept, photos_dir: Path) -> Personalised
     with PeakMemory(device=ctx.device) as mem:
         with Timer() as t_first:
             pipe = _load(ctx)
-            _sampler(pipe, ctx)([f"a photo of a {concept.cls}"], [0])
+            _sampler(pipe, ctx)([class_prompt(concept.cls)], [0])
     del pipe
     cost = {"personalise_s": 0.0, "first_image_after_s": round(t_first.seconds, 2),
             "time_to_first_image_s": round(t_first.seconds, 2), "peak_memory_bytes": mem.peak_bytes,
@@ -108,8 +110,6 @@ def tune_method(method: str, ctx: RunContext, concept, photos_dir: Path) -> Pers
             tune(method, photos_dir, concept.cls, out, model=ctx.model, steps=ctx.tune_steps, config=cfg,
                  resume=resume, progress=ctx.progress, device=ctx.device)
         with Timer() as t_first:
-            import json
-
             meta = json.loads((out / "concept.json").read_text())
             pipe = apply_concepts(_load(ctx), [out])
             sample = _sampler(pipe, ctx)

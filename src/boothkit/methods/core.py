@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import __version__
-from ..inputs import (CONCEPT_FILE, InputError, check_out, load_subject_images, publish, read_concept,
-                      staging_dir)
+from ..inputs import CONCEPT_FILE, InputError, check_out, load_subject_images, read_concept, staged_folder
 from ..training.data import ImageSet
 from ..training.recipe import Subject
 
@@ -114,61 +113,44 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
     stats = train(recipe, cfg, work, resume=resume, run_info=run_info, progress=progress, on_step=on_step)
     if not stats["is_main_process"]:
         return out
-    staged = staging_dir(out)
-    try:
+    with staged_folder(out) as staged:
         saved = recipe.save_artifact(staged)
         for extra in ("validation", "train_log.jsonl"):
             if (work / extra).exists():
                 (shutil.copytree if (work / extra).is_dir() else shutil.copy2)(work / extra, staged / extra)
-        meta = {
-            "method": method,
-            "base_model": model,
-            "model_hash": base_hash,
-            "tokens": tokens,
-            "class": class_noun,
-            "classes": [c for _, c in pairs],
-            "prompt": instance_prompt(tokens[0], class_noun),
-            "resolution": size,
-            "config": cfg.to_dict(),
-            "files": saved.get("files", []),
-            "boothkit_version": __version__,
-            "training": {"first_step": stats["first_step"], "steps": stats["steps"],
-                         "train_seconds": round(stats["train_seconds"], 2),
-                         "final_loss": stats["losses"][-1] if stats["losses"] else None},
-            **{k: v for k, v in saved.items() if k != "files"},
-        }
+        training = {"first_step": stats["first_step"], "steps": stats["steps"],
+                    "train_seconds": round(stats["train_seconds"], 2),
+                    "final_loss": stats["losses"][-1] if stats["losses"] else None}
+        meta = _concept_meta(method, model, base_hash, tokens, class_noun, [c for _, c in pairs], size, cfg, saved,
+                             training)
         (staged / CONCEPT_FILE).write_text(json.dumps(meta, indent=1))
-        publish(staged, out)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
     if not cfg.keep_training_state:
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _concept_meta(method, model, base_hash, tokens, class_noun, classes, size, cfg, saved, training) -> dict:
+    """concept.json: what every method's concept folder records."""
+    return {"method": method, "base_model": model, "model_hash": base_hash, "tokens": tokens, "class": class_noun,
+            "classes": classes, "prompt": instance_prompt(tokens[0], class_noun), "resolution": size,
+            "config": cfg.to_dict(), "files": saved.get("files", []), "boothkit_version": __version__,
+            "training": training, **{k: v for k, v in saved.items() if k != "files"}}
 
 
 def _encode_concept(spec, pipe, photos, class_noun, tokens, cfg, out, model, base_hash, size, progress) -> Path:
     """tune() for encoder methods: the photos go through the method's encoder into a concept folder."""
     import time
 
-    staged = staging_dir(out)
-    try:
+    with staged_folder(out) as staged:
         t0 = time.perf_counter()
         saved = spec.encode(pipe, photos, class_noun, tokens[0], cfg, staged, base_hash)
         seconds = time.perf_counter() - t0
         if progress:
             progress(1, 1)
-        meta = {"method": spec.name, "base_model": model, "model_hash": base_hash, "tokens": tokens,
-                "class": class_noun, "classes": [class_noun], "prompt": instance_prompt(tokens[0], class_noun),
-                "resolution": size, "config": cfg.to_dict(), "files": saved.get("files", []),
-                "boothkit_version": __version__,
-                "training": {"first_step": 0, "steps": 0, "train_seconds": round(seconds, 3), "final_loss": None},
-                **{k: v for k, v in saved.items() if k != "files"}}
+        training = {"first_step": 0, "steps": 0, "train_seconds": round(seconds, 3), "final_loss": None}
+        meta = _concept_meta(spec.name, model, base_hash, tokens, class_noun, [class_noun], size, cfg, saved,
+                             training)
         (staged / CONCEPT_FILE).write_text(json.dumps(meta, indent=1))
-        publish(staged, out)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
     return out
 
 

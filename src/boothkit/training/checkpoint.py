@@ -94,3 +94,16 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
         state.setdefault(int(pid), {})[name] = v
     sd["state"] = state
     opt.load_state_dict(sd)
+
+
+def check_resume(ck: Path, saved_run: dict, run: dict, resumable: set[str], also: tuple[str, ...]) -> None:
+    """Refuse to resume `run` from checkpoint `ck` when the checkpoint's run had other settings: every config field
+    except those in `resumable` (steps, cadence) and every key named in `also` must match."""
+    from ..inputs import InputError
+
+    old_cfg, new_cfg = saved_run.get("config", {}), run["config"]
+    diff = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k) and k not in resumable)
+    diff += [k for k in also if saved_run.get(k) != run.get(k)]
+    if diff:
+        raise InputError(f"--resume: {ck} belongs to a run with other settings ({diff}); "
+                         "start a new run (without --resume) or use its settings")

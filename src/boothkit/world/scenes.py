@@ -31,7 +31,7 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 SIZES: dict[str, int] = {"small": 20, "medium": 32, "large": 44}
 
 POSITIONS: tuple[str, ...] = ("center", "left", "right", "top", "bottom")
-_POS_PHRASE = {"center": "in the center", "left": "on the left", "right": "on the right",
+POS_PHRASE = {"center": "in the center", "left": "on the left", "right": "on the right",
                "top": "at the top", "bottom": "at the bottom"}
 
 #: Styles: "color" is the plain glyph; the others are named in captions.
@@ -105,7 +105,7 @@ def caption(scene: Scene, rng: random.Random | None = None) -> str:
     if len(scene.objects) == 1:
         o = scene.objects[0]
         thing = _phrase(o, named)
-        pos = _POS_PHRASE[o.position] if named.get("position", True) else None
+        pos = POS_PHRASE[o.position] if named.get("position", True) else None
         templates = [
             lambda: " ".join(x for x in [thing, pos, f"on {article(bg)} {bg} background" if bg else None] if x),
             lambda: "a photo of " + " ".join(x for x in [thing, pos, f"on {article(bg)} {bg} background" if bg else None] if x),
@@ -114,8 +114,8 @@ def caption(scene: Scene, rng: random.Random | None = None) -> str:
         ]
         return pick(templates)()
     a, b = scene.objects
-    first = f"{_phrase(a, named)} {_POS_PHRASE[a.position]}"
-    second = f"{_phrase(b, named)} {_POS_PHRASE[b.position]}"
+    first = f"{_phrase(a, named)} {POS_PHRASE[a.position]}"
+    second = f"{_phrase(b, named)} {POS_PHRASE[b.position]}"
     templates = [
         lambda: f"{first} and {second}" + (f" on {article(bg)} {bg} background" if bg else ""),
         lambda: f"{first}, {second}" + (f", {bg} background" if bg else ""),

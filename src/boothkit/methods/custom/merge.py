@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from ... import __version__
-from ...inputs import CONCEPT_FILE, InputError, check_out, publish, read_concept, staging_dir
+from ...inputs import CONCEPT_FILE, InputError, check_out, read_concept, staged_folder
 from .artifact import WEIGHTS, embedding_file, save_parts
 
 #: caption templates for the regularisation features (plus each concept's class prompt)
@@ -142,8 +142,7 @@ def merge_concepts(concept_dirs: list, out, model: str = "world") -> tuple[Path,
                 v_rows.append(c_i @ w_i.T)
             merged[key] = solve_constrained(base_w.detach(), c_reg, torch.cat(c_rows), torch.cat(v_rows)).float()
 
-    staged = staging_dir(out)
-    try:
+    with staged_folder(out) as staged:
         files = save_parts(merged, embeddings, staged)
         meta = {"method": "custom", "base_model": model, "model_hash": base_hash, "tokens": new_tokens,
                 "class": classes[0], "classes": classes, "prompt": prompts[0], "prompts": prompts,
@@ -152,10 +151,4 @@ def merge_concepts(concept_dirs: list, out, model: str = "world") -> tuple[Path,
                 "config": {"merge": "closed-form constrained least squares (Kumari et al. 2023 eq. 4)",
                            "regularisation_captions": len(regularisation_captions(classes)) + len(prompts)}}
         (staged / CONCEPT_FILE).write_text(json.dumps(meta, indent=1))
-        publish(staged, out)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
     return out, meta

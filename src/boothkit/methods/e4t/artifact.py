@@ -22,13 +22,12 @@ instead of a model per concept, and any diffusers pipeline loads it without boot
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-from ...inputs import InputError, publish, staging_dir
+from ...inputs import InputError, staged_folder
 from ..lora import artifact as lora_artifact
 from ..ti import artifact as ti_artifact
 from .config import EncoderConfig
@@ -127,14 +126,9 @@ def save_encoder(encoder: DomainEncoder, offsets: dict[str, torch.Tensor], folde
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
     info = {**(meta or {}), "format": FORMAT, "format_version": 1, "config": encoder.cfg.to_dict(),
             "dims": encoder.dims, "boothkit_version": __version__}
-    staged = staging_dir(folder)
-    try:
+    with staged_folder(folder) as staged:
         save_file(tensors, str(staged / ENCODER_WEIGHTS), metadata={"format": FORMAT})
         (staged / ENCODER_META).write_text(json.dumps(info, indent=1))
-        publish(staged, folder)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
     return folder
 
 

@@ -27,8 +27,8 @@ from typing import Callable
 import torch
 
 from ...inputs import InputError
-from ...training.checkpoint import (latest_checkpoint, load_checkpoint, load_optimizer_tensors, optimizer_tensors,
-                                    save_checkpoint)
+from ...training.checkpoint import (check_resume, latest_checkpoint, load_checkpoint, load_optimizer_tensors,
+                                    optimizer_tensors, save_checkpoint)
 from . import artifact
 from .config import EncoderConfig, PretrainConfig
 from .modules import (DomainEncoder, WordInjector, add_weight_offsets, clip_features, embedding_l2, encoder_dims,
@@ -151,12 +151,7 @@ def pretrain_e4t(out: str | Path, cfg: PretrainConfig, enc_cfg: EncoderConfig | 
     ck = latest_checkpoint(work) if resume else None
     if ck is not None:
         meta, groups = load_checkpoint(ck)
-        old = meta.get("run", {})
-        diff = sorted(k for k in set(old.get("config", {})) | set(run["config"])
-                      if old.get("config", {}).get(k) != run["config"].get(k) and k not in _RESUMABLE_CHANGES)
-        if diff or old.get("encoder_config") != run["encoder_config"] or old.get("model_hash") != run["model_hash"]:
-            raise InputError(f"--resume: {ck} belongs to a run with other settings ({diff or 'model'}); "
-                             "start a new run (without --resume) or use its settings")
+        check_resume(ck, meta.get("run", {}), run, _RESUMABLE_CHANGES, also=("encoder_config", "model_hash"))
         saved = groups["model"]
         encoder.load_state_dict({k[len("encoder."):]: v for k, v in saved.items() if k.startswith("encoder.")})
         with torch.no_grad():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ...inputs import InputError, publish, staging_dir
+from ...inputs import InputError, staged_folder
 from .config import InstantBoothConfig
 from .modules import InstantBooth
 
@@ -42,16 +42,9 @@ def save(model: InstantBooth, folder: str | Path, meta: dict | None = None) -> P
     assert all(k.startswith(PREFIXES) for k in tensors), sorted(tensors)[:3]
     info = {**(meta or {}), "format": FORMAT, "format_version": 1, "config": model.cfg.to_dict(),
             "dims": model.dims, "boothkit_version": __version__}
-    staged = staging_dir(folder)
-    try:
+    with staged_folder(folder) as staged:
         save_file(tensors, str(staged / WEIGHTS), metadata={"format": FORMAT})
         (staged / META).write_text(json.dumps(info, indent=1))
-        publish(staged, folder)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
     return folder
 
 

@@ -30,6 +30,7 @@ import torch
 
 from ...inputs import InputError
 from .config import _Dict, _need
+from .modules import single_token_id
 
 CONCEPT_WEIGHTS = "instantbooth_concept.safetensors"
 ENCODER_DIR = "encoder"
@@ -83,7 +84,7 @@ def encode(pipe, photos, class_noun: str, token: str, cfg: ConceptConfig, folder
     ib = install_instantbooth(pipe, enc, alpha=cfg.alpha, beta=cfg.beta)
     try:
         if token != ib.cfg.identifier:
-            ib.token_id = _single_token(pipe.tokenizer, token)
+            ib.token_id = single_token_id(pipe.tokenizer, token)
         concept, patches = ib.encode_images(photos, mask_background=cfg.mask_background)
     finally:
         ib.remove()
@@ -93,13 +94,6 @@ def encode(pipe, photos, class_noun: str, token: str, cfg: ConceptConfig, folder
     return {"files": [CONCEPT_WEIGHTS, ENCODER_DIR], "instantbooth": {
         "encoder": str(enc), "alpha": ib.cfg.alpha, "beta": ib.cfg.beta, "n_photos": len(photos),
         "patch_tokens": int(patches.shape[1])}}
-
-
-def _single_token(tokenizer, word: str) -> int:
-    ids = tokenizer(word, add_special_tokens=False).input_ids
-    if len(ids) != 1:
-        raise InputError(f"identifier {word!r} is {len(ids)} tokens for this tokenizer; InstantBooth needs one token")
-    return ids[0]
 
 
 class _Installed:
@@ -170,6 +164,6 @@ def load(pipe, folder: Path, meta: dict) -> None:
                          "already loaded; concepts used together must come from the same encoder")
     t = load_file(str(folder / CONCEPT_WEIGHTS))
     p = next(pipe.unet.parameters())
-    token_id = _single_token(pipe.tokenizer, meta["tokens"][0])
+    token_id = single_token_id(pipe.tokenizer, meta["tokens"][0])
     state.add(token_id, t["concept"].to(p.device, p.dtype), model.cfg.alpha, t["patches"].to(p.device, p.dtype))
 

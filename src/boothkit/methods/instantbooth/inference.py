@@ -22,7 +22,8 @@ import torch
 
 from ...inputs import InputError
 from . import artifact
-from .modules import Attached, InstantBooth, attach, image_features, model_dims, normalise_pixels
+from .modules import (Attached, InstantBooth, attach, image_features, model_dims, normalise_pixels,
+                      single_token_id)
 
 
 def mask_flat_background(im, thresh: int = 24):
@@ -48,12 +49,7 @@ class InstantBoothPipeline:
     def __init__(self, pipe, model: InstantBooth, meta: dict, attached: Attached):
         self.pipe, self.model, self.meta, self.attached = pipe, model, meta, attached
         self.concept: torch.Tensor | None = None  # [text_dim], set by set_images
-        tok = pipe.tokenizer
-        ids = tok(model.cfg.identifier, add_special_tokens=False).input_ids
-        if len(ids) != 1:
-            raise InputError(f"identifier {model.cfg.identifier!r} is {len(ids)} tokens for this tokenizer; "
-                             "InstantBooth needs a single-token identifier")
-        self.token_id = ids[0]
+        self.token_id = single_token_id(pipe.tokenizer, model.cfg.identifier)
 
     @property
     def cfg(self):

@@ -176,6 +176,17 @@ def normalise_pixels(images: torch.Tensor, image_size: int, mean, std) -> torch.
     return (images - m) / s
 
 
+def single_token_id(tokenizer, word: str) -> int:
+    """The one token id of an identifier; InputError when the tokenizer splits it (InstantBooth needs one token)."""
+    from ...inputs import InputError
+
+    ids = tokenizer(word, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        raise InputError(f"identifier {word!r} is {len(ids)} tokens for this tokenizer; InstantBooth needs one token "
+                         "(a single-token word such as sks)")
+    return ids[0]
+
+
 def inject_concept(hidden: torch.Tensor, input_ids: torch.Tensor, token_id: int, concept: torch.Tensor,
                    alpha: float) -> torch.Tensor:
     """Replace the text encoder's OUTPUT at every position of `token_id` by alpha * concept (§3.2, §3.4).

@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from ...inputs import InputError
-from ...training.checkpoint import (latest_checkpoint, load_checkpoint, load_optimizer_tensors, optimizer_tensors,
-                                    save_checkpoint)
+from ...training.checkpoint import (check_resume, latest_checkpoint, load_checkpoint, load_optimizer_tensors,
+                                    optimizer_tensors, save_checkpoint)
 from . import artifact
 from .config import InstantBoothConfig, PretrainConfig
-from .modules import InstantBooth, attach, image_features, inject_concept, model_dims, normalise_pixels
+from .modules import (InstantBooth, attach, image_features, inject_concept, model_dims, normalise_pixels,
+                      single_token_id)
 
 #: config fields a resumed run may change (everything else must match the checkpoint's run)
 _RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "val_every", "val_batches"}
@@ -182,10 +183,7 @@ def pretrain_instantbooth(out: str | Path, cfg: PretrainConfig, model_cfg: Insta
     for m in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.image_encoder):
         m.requires_grad_(False).eval()
     tok = pipe.tokenizer
-    ids = tok(model_cfg.identifier, add_special_tokens=False).input_ids
-    if len(ids) != 1:
-        raise InputError(f"identifier {model_cfg.identifier!r} is {len(ids)} tokens; use a single-token word")
-    token_id = ids[0]
+    token_id = single_token_id(tok, model_cfg.identifier)
     dims = model_dims(pipe)
     pre = preprocessing_of(pipe)
     torch.manual_seed(_seed(cfg.seed, "init"))
@@ -201,12 +199,7 @@ def pretrain_instantbooth(out: str | Path, cfg: PretrainConfig, model_cfg: Insta
     ck = latest_checkpoint(work) if resume else None
     if ck is not None:
         meta, groups = load_checkpoint(ck)
-        old = meta.get("run", {})
-        diff = sorted(k for k in set(old.get("config", {})) | set(run["config"])
-                      if old.get("config", {}).get(k) != run["config"].get(k) and k not in _RESUMABLE_CHANGES)
-        if diff or old.get("model_config") != run["model_config"] or old.get("model_hash") != run["model_hash"]:
-            raise InputError(f"--resume: {ck} belongs to a run with other settings ({diff or 'model'}); "
-                             "start a new run (without --resume) or use its settings")
+        check_resume(ck, meta.get("run", {}), run, _RESUMABLE_CHANGES, also=("model_config", "model_hash"))
         ib.load_state_dict(groups["model"])
         load_optimizer_tensors(opt, groups["optimizer"])
         start = meta["step"]
