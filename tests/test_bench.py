@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,13 @@ def test_presets_meet_the_protocol():
     assert {P.PROMPTS[k].group for k in quick.prompts} == set(P.GROUPS)
     with pytest.raises(ValueError):
         P.preset("full", prompts=["nope"])
+    # val: for choosing knobs, on held-out subjects that the reported (full) run never uses
+    val = P.subjects(P.preset("val"))
+    assert len(val) == 10 and all(s.heldout for s in val) and not {s.id for s in val} & {s.id for s in subs}
+    assert {s.cls for s in val} == {s.cls for s in subs}
+    assert "subject_offset" not in full.to_dict() and P.preset("val").to_dict()["subject_offset"] == 4
+    with pytest.raises(ValueError, match="held-out"):
+        P.subjects(P.preset("val", subjects_per_class={"food": 5}))
 
 
 def test_prompt_texts_and_companions():
@@ -167,6 +175,16 @@ def test_world_bench_resumes_and_refuses_another_protocol(world_run, monkeypatch
     assert r.exit_code == 2 and "another protocol" in r.output
     r = CliRunner().invoke(app, BENCH + ["--set", "lora.rank=2", "--out", str(world_run)])
     assert r.exit_code == 2 and "another recipe" in r.output
+    state = (world_run / "bench.json").read_text()
+    (world_run / "units" / "lora").rename(world_run / "lora.bak")  # no unit of the old recipe left: accepted
+    try:
+        r = CliRunner().invoke(app, BENCH + ["--set", "lora.rank=2", "--report-only", "--out", str(world_run)])
+        assert r.exit_code == 0, r.output
+        assert json.loads((world_run / "bench.json").read_text())["recipes"]["lora"]["rank"] == 2
+    finally:
+        shutil.rmtree(world_run / "units" / "lora", ignore_errors=True)
+        (world_run / "lora.bak").rename(world_run / "units" / "lora")
+        (world_run / "bench.json").write_text(state)
     (world_run / "results.md").unlink()
     monkeypatch.setattr(run_mod, "run_unit", lambda *a, **k: pytest.fail("--report-only ran a unit"))
     (world_run / "units" / "floor" / "rat.json").rename(world_run / "rat.json.bak")  # a missing unit is not run
@@ -241,7 +259,6 @@ def test_dreambench_prompts_file_parses():
 
 
 def test_dreambench_with_tiny_models(tmp_path, tiny_model, subject_photos, second_subject_photos):
-    import shutil
 
     from boothkit.cli.main import app
 

@@ -147,10 +147,10 @@ def test_n_images_give_the_mean_concept_and_concatenated_patches(world, active_a
         assert torch.allclose(ib.attached.condition.patches, torch.cat([p for _, p in singles], 1), atol=1e-5)
         # the concept head sees the mean of the N image embeddings
         with torch.no_grad():
-            from boothkit.methods.instantbooth.inference import mask_flat_background
+            from boothkit.methods.instantbooth.inference import centre_subject, mask_flat_background
             from boothkit.methods.instantbooth.modules import image_features
 
-            pix = ib.pixel_values([mask_flat_background(im) for im in refs[:3]])
+            pix = ib.pixel_values([centre_subject(mask_flat_background(im)) for im in refs[:3]])
             emb, _ = image_features(world.image_encoder, pix)
             want = ib.model.concept_head(emb.mean(0, keepdim=True))[0]
         assert torch.allclose(ib.concept, want, atol=1e-5)
@@ -243,6 +243,20 @@ def test_pretrain_writes_files_and_resumes_to_identical_weights(tmp_path):
     with pytest.raises(InputError, match="other settings"):
         pretrain_instantbooth(out, PretrainConfig(cls="person", steps=4, batch_size=2, val_batches=0), resume=True,
                               progress=False)
+    # a run stopped early: --resume with --steps at its newest checkpoint writes that checkpoint's artifact
+    shutil.rmtree(work / "checkpoint-3")
+    early = tmp_path / "ib-early"
+    summary = pretrain_instantbooth(early, PretrainConfig(**{**cfg.to_dict(), "steps": 2}),
+                                    InstantBoothConfig(alpha=0.7, beta=0.5), work=work, resume=True, progress=False)
+    assert summary["first_step"] == 2 and summary["final_loss"] is None
+    knobs = json.loads((early / "instantbooth.json").read_text())["config"]  # inference defaults: may be set here
+    assert (knobs["alpha"], knobs["beta"]) == (0.7, 0.5)
+    ck2 = load_file(str(work / "checkpoint-2" / "model.safetensors"))
+    exported = load_file(str(early / artifact.WEIGHTS))
+    assert exported.keys() == ck2.keys() and all(torch.equal(ck2[k], exported[k]) for k in ck2)
+    with pytest.raises(InputError, match="already at step 2 > --steps 1"):
+        pretrain_instantbooth(tmp_path / "x", PretrainConfig(**{**cfg.to_dict(), "steps": 1}), work=work,
+                              resume=True, progress=False)
 
 
 def test_pretraining_data_is_a_pure_function_of_seed_and_step():
@@ -258,6 +272,66 @@ def test_pretraining_data_is_a_pure_function_of_seed_and_step():
     assert all(cs[i].cls == "person" and not cs[i].heldout for i in a["concepts"] + c["concepts"])
     # background masked to white: the condition's corners are white
     assert torch.allclose(a["condition"][:, :, 0, 0], torch.ones(4, 3))
+
+
+def test_references_are_framed_as_pretraining_framed_its_conditions():
+    """A small off-centre subject on a flat background is masked to white, then cropped square around it so that it
+    covers 3/4 of the side, centred (pretraining's conditions cover 55-95%, re-centred)."""
+    from PIL import Image, ImageDraw
+
+    from boothkit.methods.instantbooth.inference import centre_subject, mask_flat_background
+
+    im = Image.new("RGB", (64, 64), (40, 90, 200))  # a blue background
+    ImageDraw.Draw(im).rectangle((40, 6, 51, 17), fill=(220, 30, 30))  # a 12x12 red subject, top right
+    out = np.asarray(centre_subject(mask_flat_background(im)))
+    assert out.shape == (16, 16, 3)  # 12 / 0.75
+    red = np.nonzero((out[..., 0] > 150) & (out[..., 1] < 100))
+    assert (red[0].min(), red[0].max(), red[1].min(), red[1].max()) == (2, 13, 2, 13)  # centred, 12 of 16
+    assert (out[0, 0] == 255).all() and (out[15, 15] == 255).all()  # the blue background became white
+    blank = Image.new("RGB", (8, 8), (255, 255, 255))
+    assert np.array_equal(np.asarray(centre_subject(blank)), np.asarray(blank))
+    # a subject at the edge: the square extends past the image, padded white
+    edge = Image.new("RGB", (64, 64), (255, 255, 255))
+    ImageDraw.Draw(edge).rectangle((0, 0, 29, 29), fill=(0, 0, 0))
+    e = np.asarray(centre_subject(edge))
+    assert e.shape == (40, 40, 3) and (e[:5, :5] == 255).all() and (e[5:35, 5:35] == 0).all()
+
+
+def test_object_weighted_loss_and_gamma_group():
+    """Beyond the paper, for short runs: the loss can weight the subject's latent pixels (from the renderer's own
+    mask), and the adapters' gates can have their own learning rate. Both are off by default (the paper's loss)."""
+    from boothkit.methods.instantbooth.pretrain import ScenePairs, _trainable_groups, loss_weights
+
+    data = ScenePairs(PretrainConfig(cls="animal", batch_size=3), "sks", "cpu")
+    batch = data.make(0)
+    m = batch["object_mask"]
+    assert m.shape == (3, 1, 64, 64) and float(m.min()) >= 0 and float(m.max()) <= 1
+    assert loss_weights(m, (16, 16), 0.0) is None
+    w = loss_weights(m, (16, 16), 4.0)
+    assert w.shape == (3, 1, 16, 16) and float(w.min()) >= 1.0 and float(w.max()) <= 5.0
+    # heavier exactly where the object is: every scene's heaviest latent pixel lies inside its own object box
+    for i in range(3):
+        ys, xs = torch.nonzero(m[i, 0] > 0.5, as_tuple=True)
+        k = int(w[i, 0].flatten().argmax())
+        y, x = divmod(k, 16)
+        assert ys.min() // 4 <= y <= ys.max() // 4 and xs.min() // 4 <= x <= xs.max() // 4
+    world_dims = {"text_dim": 32, "vision_hidden": 32, "vision_embed": 16, "cross_dim": 32, "image_size": 32,
+                  "blocks": {"down_blocks.0.attentions.0.transformer_blocks.0": 32}}
+    ib = InstantBooth(InstantBoothConfig(), world_dims)
+    names = {id(p): n for n, p in ib.named_parameters()}
+    two = _trainable_groups(ib, PretrainConfig(lr_adapters=1e-4))
+    three = _trainable_groups(ib, PretrainConfig(lr_adapters=1e-4, lr_gamma=1e-2))
+    assert [g["name"] for g in two] == ["heads", "adapters"] and [g["name"] for g in three] == ["heads", "adapters",
+                                                                                                 "gamma"]
+    gamma = three[2]
+    assert gamma["lr"] == 1e-2 and gamma["weight_decay"] == 0.0
+    assert all(names[id(p)].endswith("gamma") for p in gamma["params"]) and len(gamma["params"]) == 1
+    # every trainable parameter in exactly one group
+    ids = [id(p) for g in three for p in g["params"]]
+    assert sorted(ids) == sorted(names) and len(set(ids)) == len(ids)
+    for bad in ({"lr_gamma": -1.0}, {"object_weight": -0.5}):
+        with pytest.raises(InputError):
+            PretrainConfig(**bad)
 
 
 def test_cli_generate_instant(tmp_path, active_artifact, subject_photos):

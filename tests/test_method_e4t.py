@@ -178,15 +178,15 @@ def test_diffusers_alone_reproduces_the_tuned_model(concept):
 
 
 def test_bad_arguments_fail_before_anything_is_written(tmp_path, person_photo, pretrained):
-    assert "e4t" in METHODS and METHODS["e4t"].unavailable_reason() is None  # encoders ship for person and animal
+    assert "e4t" in METHODS and METHODS["e4t"].unavailable_reason() is None  # encoders ship for person, animal, face, food, object
     out = tmp_path / "out"
     with pytest.raises(InputError, match="not a pretrained E4T encoder"):
         tune("e4t", person_photo, "person", out, config={"encoder": str(tmp_path / "nowhere")})
     with pytest.raises(InputError, match="steps"):
         tune("e4t", person_photo, "person", out, steps=0)
     assert list(tmp_path.iterdir()) == []  # refused while validating: nothing at all was written
-    with pytest.raises(InputError, match="boothkit pretrain e4t --class food"):
-        tune("e4t", person_photo, "food", out)  # no encoder ships for food
+    with pytest.raises(InputError, match="boothkit pretrain e4t --class plant"):
+        tune("e4t", person_photo, "plant", out)  # no encoder ships for plant
     with pytest.raises(InputError, match="pretrained for class 'person'"):
         tune("e4t", person_photo, "animal", out, config={"encoder": str(pretrained[0])})
     assert not out.exists() and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 #: The default's preference: fastest first among methods that work for any class. E4T is fast but only has
-#: encoders for some classes (person and animal on the world model), so it comes after LoRA.
+#: encoders for some classes (person, animal, face, food, object on the world model), so it comes after LoRA.
 SPEED_ORDER = ("instantbooth", "lora", "e4t", "ti", "custom", "dreambooth")
 PREFERRED_DEFAULT = "instantbooth"
 

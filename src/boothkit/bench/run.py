@@ -129,7 +129,9 @@ def run_world(cfg: BenchConfig) -> dict:
             diff = sorted(k for k in set(old["protocol"]) | set(proto) if old["protocol"].get(k) != proto.get(k))
             raise InputError(f"{out} holds a benchmark with another protocol (differs in {diff}): "
                              f"use another --out, or delete {out}")
-        changed = [m for m in recipe if m in old["recipes"] and old["recipes"][m] != recipe[m]]
+        # another recipe for a method is refused while units made with the old one exist (deleting them allows it)
+        changed = [m for m in recipe if m in old["recipes"] and old["recipes"][m] != recipe[m]
+                   and any((out / "units" / m).glob("*.json"))]
         if changed:
             raise InputError(f"{out} holds results of {changed} with another recipe: use another --out, or delete "
                              f"{out}/units/<method>")

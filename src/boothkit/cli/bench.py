@@ -65,6 +65,8 @@ def bench(
                                 help="Comma list; default: floor, ceiling and every registered method that can run here."),
     quick: bool = typer.Option(False, "--quick", help="Preset: 2 subjects, 4 prompts, 2 seeds (default)."),
     full: bool = typer.Option(False, "--full", help="Preset: 20 subjects over 5 classes, 12 prompts, 2 seeds."),
+    val: bool = typer.Option(False, "--val", help="Preset for choosing knobs: 10 other held-out subjects (none of "
+                                                  "--full's), 12 prompts, 1 seed."),
     subjects: str = typer.Option(None, "--subjects", help="Override the preset's subjects: CLASS=K,CLASS=K."),
     prompts: str = typer.Option(None, "--prompts", help="Override the preset's prompt keys (comma list)."),
     seeds: str = typer.Option(None, "--seeds", help="Override the preset's seeds (comma list)."),
@@ -88,8 +90,8 @@ def bench(
     from ..inputs import InputError
     from ..pipeline import pick_device
 
-    if quick and full:
-        raise typer.BadParameter("--quick and --full exclude each other")
+    if quick + full + val > 1:
+        raise typer.BadParameter("--quick, --full and --val exclude each other")
     dev = str(pick_device(device))
     try:
         if dreambench:
@@ -111,7 +113,8 @@ def bench(
                 from ..methods import METHODS
 
                 names = [m for m in known_methods() if m not in METHODS or not METHODS[m].unavailable_reason()]
-            cfg = BenchConfig(methods=[m.strip() for m in names], out=out, preset="full" if full else "quick",
+            name = "full" if full else "val" if val else "quick"
+            cfg = BenchConfig(methods=[m.strip() for m in names], out=out, preset=name,
                               model=model, device=dev, threads=threads, tune_steps=steps,
                               method_config=_method_sets(set_),
                               subjects_per_class=_classes(subjects),

@@ -48,26 +48,36 @@ def instantbooth(
     batch: int = typer.Option(8, "--batch", help="Scenes per step."),
     lr_heads: float = typer.Option(1e-4, "--lr-heads", help="Learning rate of the concept and patch heads."),
     lr_adapters: float = typer.Option(1e-6, "--lr-adapters", help="Learning rate of the adapters."),
+    lr_gamma: float = typer.Option(0.0, "--lr-gamma", help="Learning rate of the adapters' gates (0: --lr-adapters)."),
+    object_weight: float = typer.Option(0.0, "--object-weight",
+                                        help="Extra loss weight on the subject's pixels, 1 + w * mask (0: paper)."),
+    alpha: float = typer.Option(None, "--alpha", help="Inference default stored in the artifact: concept scale "
+                                                       "(0.4, the paper's; training uses 1)."),
+    beta: float = typer.Option(None, "--beta", help="Inference default stored in the artifact: adapter strength "
+                                                     "(0.3, the paper's; training uses 1)."),
     seed: int = typer.Option(0, "--seed"),
     checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Checkpoint every N steps."),
     val_every: int = typer.Option(500, "--val-every", help="Held-out-subject loss every N steps (train_log)."),
     val_batches: int = typer.Option(4, "--val-batches", help="Fixed held-out batches for that loss (0: none)."),
     work: str = typer.Option("", "--work", help="Checkpoints and train_log.jsonl (default: <out>.work)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --work."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --work "
+                                                        "(--steps = its step: only write its artifact)."),
     model: str = typer.Option("world", "--model", "-m", help="Base model (needs an image_encoder)."),
     device: str = typer.Option("auto", "--device", help="cuda, mps, cpu or auto."),
 ):
     """Pretrain InstantBooth's concept/patch heads and UNet adapters on world scenes of train concepts."""
     from ..generate import UsageError
     from ..inputs import InputError
-    from ..methods.instantbooth.config import PretrainConfig
+    from ..methods.instantbooth.config import InstantBoothConfig, PretrainConfig
     from ..methods.instantbooth.pretrain import pretrain_instantbooth
 
     try:
         cfg = PretrainConfig(cls=cls, steps=steps, batch_size=batch, lr_heads=lr_heads, lr_adapters=lr_adapters,
-                             seed=seed, checkpoint_every=checkpoint_every, val_every=val_every,
-                             val_batches=val_batches)
-        summary = pretrain_instantbooth(out, cfg, model=model, work=work or None, resume=resume, device=device)
+                             lr_gamma=lr_gamma, object_weight=object_weight, seed=seed,
+                             checkpoint_every=checkpoint_every, val_every=val_every, val_batches=val_batches)
+        knobs = {k: v for k, v in (("alpha", alpha), ("beta", beta)) if v is not None}
+        summary = pretrain_instantbooth(out, cfg, InstantBoothConfig(**knobs), model=model, work=work or None,
+                                        resume=resume, device=device)
     except InputError as e:
         raise UsageError(str(e)) from e
     typer.echo(json.dumps(summary, indent=1))

@@ -29,8 +29,9 @@ def denoising_loss(unet, scheduler, latents: torch.Tensor, encoder_hidden_states
     latents: [B, C, h, w] clean latents x0 (already scaled by the VAE's scaling factor)
     encoder_hidden_states: [B, L, D] text conditioning
     generator: CPU generator that decides noise and timesteps (so a run is a pure function of its seeds)
-    mask: optional [B, 1, h, w] in {0, 1}: only these latent pixels count (Custom Diffusion's masked loss)
-    -> [B] loss per example (mean over the counted elements)
+    mask: optional [B, 1, h, w] of weights >= 0: a {0, 1} mask counts only those latent pixels (Custom Diffusion's
+          masked loss); soft weights give a weighted mean (InstantBooth's object-weighted pretraining loss)
+    -> [B] loss per example (mean over the counted elements, weighted by the mask)
     """
     b = latents.shape[0]
     # 1. noise eps ~ N(0, I) and a timestep t ~ U{0, T-1} per example

@@ -43,7 +43,7 @@ class ConceptConfig(_Dict):
     encoder: str = ""  #: InstantBooth artifact folder ("" = the one shipped for the world model)
     alpha: float | None = None  #: concept scale at generation (None: the encoder's default)
     beta: float | None = None  #: adapter strength at generation (None: the encoder's default)
-    mask_background: bool = True  #: flood-fill each photo's flat background to white (as pretraining saw it)
+    mask_background: bool = True  #: flat background to white, subject framed square at 3/4 (as pretraining saw it)
     steps: int = 0  #: no training happens; kept so that --steps is accepted (it is ignored)
 
     def validate(self) -> None:

@@ -49,6 +49,8 @@ class PretrainConfig(_Dict):
     batch_size: int = 8  #: scenes per step
     lr_heads: float = 1e-4  #: AdamW lr of the concept and patch heads (paper: 1e-4)
     lr_adapters: float = 1e-6  #: AdamW lr of the adapters (paper: 1e-6 on SD; the world model likely wants more)
+    lr_gamma: float = 0.0  #: AdamW lr of the adapters' gates gamma (0 = lr_adapters); Adam moves gamma ~lr per step
+    object_weight: float = 0.0  #: extra loss weight on the object's latent pixels: 1 + w * mask (0 = paper's loss)
     weight_decay: float = 1e-2  #: AdamW weight decay
     max_grad_norm: float = 1.0  #: gradient clipping (0 = off)
     seed: int = 0  #: decides initialisation, data, augmentation, noise and timesteps
@@ -72,6 +74,8 @@ class PretrainConfig(_Dict):
         _need(self.steps >= 1, f"steps must be at least 1 (got {self.steps})")
         _need(self.batch_size >= 1, f"batch_size must be at least 1 (got {self.batch_size})")
         _need(self.lr_heads > 0 and self.lr_adapters > 0, "learning rates must be positive")
+        _need(self.lr_gamma >= 0, "lr_gamma must be >= 0 (0: the adapters' learning rate)")
+        _need(self.object_weight >= 0, "object_weight must be >= 0")
         _need(self.weight_decay >= 0 and self.max_grad_norm >= 0, "weight_decay and max_grad_norm must be >= 0")
         _need(self.checkpoint_every >= 0, "checkpoint_every must be >= 0")
         _need(self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1")

@@ -43,6 +43,29 @@ def mask_flat_background(im, thresh: int = 24):
     return im
 
 
+def centre_subject(im, cover: float = 0.75, thresh: int = 8):
+    """Crop a white-background image to a square around its non-white pixels, the subject covering `cover` of the
+    side, centred: how pretraining shows the encoder its conditions (the object re-centred at 55-95% of the image,
+    0.75 on average), so a small or off-centre subject in a photo is seen the same way. No-op on an all-white image.
+    """
+    import numpy as np
+    from PIL import Image
+
+    im = im.convert("RGB")
+    a = np.asarray(im).astype(np.int16)
+    ys, xs = np.nonzero((255 - a).max(axis=2) > thresh)
+    if len(ys) == 0:
+        return im
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    side = int(round(max(x1 - x0, y1 - y0) / cover))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    out = Image.new("RGB", (side, side), (255, 255, 255))
+    out.paste(im.crop((max(left, 0), max(top, 0), min(left + side, im.width), min(top + side, im.height))),
+              (max(-left, 0), max(-top, 0)))
+    return out
+
+
 class InstantBoothPipeline:
     """The handle `install_instantbooth` returns: reference images in, prompt embeddings out."""
 
@@ -73,8 +96,8 @@ class InstantBoothPipeline:
         """N >= 1 reference images of ONE subject -> (concept embedding [text_dim], patches [1, N * T, cross_dim])."""
         if not images:
             raise InputError("InstantBooth needs at least one reference image")
-        if mask_background:
-            images = [mask_flat_background(im) for im in images]
+        if mask_background:  # the background is known to be flat: mask it, then frame the subject as pretraining did
+            images = [centre_subject(mask_flat_background(im)) for im in images]
         enc = self.pipe.image_encoder
         embeds, tokens = image_features(enc, self.pixel_values(images))  # [N, E], [N, T, H]
         head_param = next(self.model.concept_head.parameters())

@@ -7,8 +7,12 @@ Per step, for a batch of single-object scenes of the chosen class (held-out subj
              re-centred by the crop, so the model cannot copy the position, and it is always the colour style
              (styles such as "grayscale" come from the caption only), so style words stay in the text's control.
   loss       the plain denoising loss (training.loss.denoising_loss) with the concept embedding injected at
-             "sks" (alpha = 1) and the adapters on (beta = 1), as in the paper's training.
-Trainable: the concept head, the patch head and the adapters (two AdamW groups with their own learning rates);
+             "sks" (alpha = 1) and the adapters on (beta = 1), as in the paper's training. Beyond the paper,
+             `object_weight` w weights each latent pixel by 1 + w * (object coverage), from the renderer's own
+             mask: in a 64-px scene a small subject covers ~5% of the latent, so the plain loss is mostly
+             background, and the identity signal is what a short (CPU) run needs most.
+Trainable: the concept head, the patch head and the adapters (AdamW groups with their own learning rates; the
+adapters' gates gamma can have their own, `lr_gamma`, since Adam moves a scalar by about lr per step);
 the VAE, text encoder, vision tower and UNet are frozen. A step's scenes, augmentation, noise and timesteps are a
 pure function of (seed, step), and checkpoints carry the optimizer state, so a resumed run reproduces the
 uninterrupted one bit for bit.
@@ -35,6 +39,13 @@ from .modules import (InstantBooth, attach, image_features, inject_concept, mode
 
 #: config fields a resumed run may change (everything else must match the checkpoint's run)
 _RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "val_every", "val_batches"}
+#: InstantBoothConfig fields that only matter at inference (training runs at alpha = beta = 1): the artifact stores
+#: them as its defaults, and a resumed run or an export (--resume --steps N) may set them
+_INFERENCE_KNOBS = ("alpha", "beta")
+
+
+def _trained_shape(model_config: dict) -> dict:
+    return {k: v for k, v in model_config.items() if k not in _INFERENCE_KNOBS}
 
 
 def _seed(seed: int, name: str) -> int:
@@ -49,7 +60,8 @@ def preprocessing_of(pipe) -> dict:
     mean = list(getattr(fe, "image_mean", None) or [0.48145466, 0.4578275, 0.40821073])
     std = list(getattr(fe, "image_std", None) or [0.26862954, 0.26130258, 0.27577711])
     return {"image_size": int(pipe.image_encoder.config.image_size), "mean": mean, "std": std,
-            "background": "masked to white"}
+            "background": "masked to white",
+            "framing": "subject re-centred in a square (pretraining: random cond_scale; inference: 3/4 of the side)"}
 
 
 class ScenePairs:
@@ -86,12 +98,13 @@ class ScenePairs:
             s.caption = caption(s, rng)
             scenes.append(s)
         sb = SceneBatch.from_scenes(scenes)
-        target = self.renderer.render(sb)  # [B, 3, 64, 64] in [0, 1]
+        target, target_masks = self.renderer.render(sb, return_masks=True)  # [B, 3, 64, 64] in [0, 1], [B, K, ..]
         plain = SceneBatch(sb.concept, sb.size_px, sb.cx, sb.cy, torch.zeros_like(sb.style), sb.valid, sb.bg)
         canvas, masks = self.renderer.render(plain, return_masks=True)
         g = torch.Generator("cpu").manual_seed(_seed(self.cfg.seed, f"augment-{step}"))
         cond = self.condition(canvas, masks[:, :1], sb, g)
-        return {"target": target, "condition": cond, "captions": [s.caption for s in scenes],
+        return {"target": target, "object_mask": target_masks[:, :1], "condition": cond,
+                "captions": [s.caption for s in scenes],
                 "concepts": sb.concept[:, 0].tolist()}
 
     def condition(self, canvas, alpha, sb, g: torch.Generator) -> torch.Tensor:
@@ -150,8 +163,20 @@ def write_untrained(out: str | Path, pipe, model: str = "world", model_cfg: Inst
 
 def _trainable_groups(model: InstantBooth, cfg: PretrainConfig) -> list[dict]:
     heads = list(model.concept_head.parameters()) + list(model.patch_head.parameters())
-    return [{"params": heads, "lr": cfg.lr_heads, "name": "heads"},
-            {"params": list(model.adapters.parameters()), "lr": cfg.lr_adapters, "name": "adapters"}]
+    groups = [{"params": heads, "lr": cfg.lr_heads, "name": "heads"}]
+    if not cfg.lr_gamma:
+        return groups + [{"params": list(model.adapters.parameters()), "lr": cfg.lr_adapters, "name": "adapters"}]
+    gammas = [a.gamma for a in model.adapters.values()]
+    rest = [p for p in model.adapters.parameters() if all(p is not g for g in gammas)]
+    return groups + [{"params": rest, "lr": cfg.lr_adapters, "name": "adapters"},
+                     {"params": gammas, "lr": cfg.lr_gamma, "weight_decay": 0.0, "name": "gamma"}]
+
+
+def loss_weights(object_mask: torch.Tensor, latent_hw: tuple[int, int], object_weight: float) -> torch.Tensor | None:
+    """[B, 1, H, W] object coverage in [0, 1] -> [B, 1, h, w] latent-pixel weights 1 + w * coverage (None: w = 0)."""
+    if not object_weight:
+        return None
+    return 1.0 + object_weight * F.adaptive_avg_pool2d(object_mask, latent_hw)
 
 
 def pretrain_instantbooth(out: str | Path, cfg: PretrainConfig, model_cfg: InstantBoothConfig | None = None, *,
@@ -162,7 +187,8 @@ def pretrain_instantbooth(out: str | Path, cfg: PretrainConfig, model_cfg: Insta
 
     work: checkpoints and train_log.jsonl (default: `<out>.work` next to out). resume: continue from the newest
     complete checkpoint in work (refused if the run's settings differ, except steps and the checkpoint and
-    validation cadence). train_log.jsonl gets the loss per step and, every cfg.val_every steps, the loss on fixed
+    validation cadence); with cfg.steps equal to that checkpoint's step, only write its artifact (a run that was
+    stopped early). train_log.jsonl gets the loss per step and, every cfg.val_every steps, the loss on fixed
     batches of HELD-OUT concepts (evaluated only, never trained on).
     """
     from tqdm.auto import tqdm
@@ -192,14 +218,17 @@ def pretrain_instantbooth(out: str | Path, cfg: PretrainConfig, model_cfg: Insta
     opt = torch.optim.AdamW(_trainable_groups(ib, cfg), weight_decay=cfg.weight_decay)
     sched = training_scheduler(pipe)
     scaling = float(pipe.vae.config.scaling_factor)
-    run = json.loads(json.dumps({"config": cfg.to_dict(), "model_config": model_cfg.to_dict(), "base_model": model,
+    run = json.loads(json.dumps({"config": cfg.to_dict(), "model_config": _trained_shape(model_cfg.to_dict()),
+                                 "base_model": model,
                                  "model_hash": model_hash(model)}))  # as the checkpoint's meta.json will read back
 
     start = 0
     ck = latest_checkpoint(work) if resume else None
     if ck is not None:
         meta, groups = load_checkpoint(ck)
-        check_resume(ck, meta.get("run", {}), run, _RESUMABLE_CHANGES, also=("model_config", "model_hash"))
+        saved = meta.get("run", {})
+        saved = {**saved, "model_config": _trained_shape(saved.get("model_config", {}))}
+        check_resume(ck, saved, run, _RESUMABLE_CHANGES, also=("model_config", "model_hash"))
         ib.load_state_dict(groups["model"])
         load_optimizer_tensors(opt, groups["optimizer"])
         start = meta["step"]
@@ -208,8 +237,10 @@ def pretrain_instantbooth(out: str | Path, cfg: PretrainConfig, model_cfg: Insta
 
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    if start >= cfg.steps:
-        raise InputError(f"--resume: {ck} is already at step {start} >= --steps {cfg.steps}")
+    if start > cfg.steps:
+        raise InputError(f"--resume: {ck} is already at step {start} > --steps {cfg.steps}; pass --steps {start} to "
+                         f"write the artifact from it, or more to train on")
+    # start == cfg.steps: nothing to train; the artifact is written from the checkpoint (a run stopped early)
 
     def batch_loss(batch: dict, g: torch.Generator) -> torch.Tensor:
         """Per-example denoising loss of one batch with the concept token and the adapters on (alpha = beta = 1)."""
@@ -224,7 +255,8 @@ def pretrain_instantbooth(out: str | Path, cfg: PretrainConfig, model_cfg: Insta
         concept, patches = ib.encode(embeds[:, None], tokens[:, None])  # one condition image per scene (N = 1)
         cond = inject_concept(hidden, input_ids, token_id, concept, alpha=1.0)
         attached.set_patches(patches, beta=1.0)
-        return denoising_loss(pipe.unet, sched, latents, cond, g)  # [B]
+        weights = loss_weights(batch["object_mask"], tuple(latents.shape[-2:]), cfg.object_weight)
+        return denoising_loss(pipe.unet, sched, latents, cond, g, mask=weights)  # [B]
 
     val_data = ScenePairs(cfg, model_cfg.identifier, dev, heldout=True) if cfg.val_batches else None
     val_set = [val_data.make(10**9 + i) for i in range(cfg.val_batches)] if val_data else []
