@@ -116,7 +116,17 @@ def _methods(real: bool):
     return methods, default_method(methods), "4"
 
 
-@pytest.mark.parametrize("real", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["standin", "default"])
+def _default_trains() -> bool:
+    """Whether the app's real default method trains (slow on a CPU) or only encodes (InstantBooth: seconds)."""
+    from boothkit.app.registry import default_method, registered_methods
+
+    default = default_method(registered_methods())
+    return default is None or _trains(default)
+
+
+# the real default runs in the fast suite when it needs no training (InstantBooth, once its encoder ships)
+@pytest.mark.parametrize("real", [False, pytest.param(True, marks=[pytest.mark.slow] if _default_trains() else [])],
+                         ids=["standin", "default"])
 def test_page_end_to_end(browser_ready, tmp_path, real):
     methods, default, steps = _methods(real)
     photo_dir = tmp_path / "photos"
