@@ -179,6 +179,29 @@ def staged_folder(out: str | Path):
         raise
 
 
+def save_weights_folder(folder: str | Path, tensors: dict, meta: dict | None, config: dict, dims: dict, *,
+                        weights: str, meta_file: str, fmt: str, kind: str, is_ours) -> Path:
+    """Write a pretrained-weights folder (an InstantBooth or E4T encoder): `weights` (safetensors, fp32 on the CPU,
+    metadata format=fmt) and `meta_file` (json: meta, then format, format_version, config, dims, boothkit_version),
+    staged and renamed into place. An existing folder is replaced only when `is_ours(folder)`; else refused."""
+    import torch
+    from safetensors.torch import save_file
+
+    from . import __version__
+
+    folder = Path(folder)
+    if folder.exists() and (folder.is_file() or any(folder.iterdir()) and not is_ours(folder)):
+        raise InputError(f"--out {folder}: exists and is not {kind} folder; pick a new folder")
+    folder.resolve().parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+    info = {**(meta or {}), "format": fmt, "format_version": 1, "config": config, "dims": dims,
+            "boothkit_version": __version__}
+    with staged_folder(folder) as staged:
+        save_file(tensors, str(staged / weights), metadata={"format": fmt})
+        (staged / meta_file).write_text(json.dumps(info, indent=1))
+    return folder
+
+
 def publish(staged: Path, out: str | Path) -> Path:
     """Move a finished staging folder into place at `out` (replacing an older concept there)."""
     out = Path(out)

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -107,3 +108,20 @@ def check_resume(ck: Path, saved_run: dict, run: dict, resumable: set[str], also
     if diff:
         raise InputError(f"--resume: {ck} belongs to a run with other settings ({diff}); "
                          "start a new run (without --resume) or use its settings")
+
+
+def resume_point(work: Path, resume: bool, run: dict, resumable: set[str], also: tuple[str, ...],
+                 saved_run: Callable[[dict], dict] = lambda r: r) -> tuple[int, Path | None, dict | None]:
+    """Where a pretraining run starts: (step, checkpoint, its tensor groups) of the newest complete checkpoint in
+    `work` when resuming (refused by check_resume if its run had other settings; saved_run normalises the saved run
+    first), else (0, None, None); a run that does not resume starts from an empty `work`. `work` exists afterwards.
+    """
+    ck = latest_checkpoint(work) if resume else None
+    if ck is not None:
+        meta, groups = load_checkpoint(ck)
+        check_resume(ck, saved_run(meta.get("run", {})), run, resumable, also=also)
+        return meta["step"], ck, groups
+    if not resume and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    return 0, None, None

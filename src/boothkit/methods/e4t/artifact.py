@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 import torch
 
-from ...inputs import InputError, staged_folder
+from ...inputs import InputError, save_weights_folder
 from ..lora import artifact as lora_artifact
 from ..ti import artifact as ti_artifact
 from .config import EncoderConfig
@@ -113,23 +113,10 @@ def save_encoder(encoder: DomainEncoder, offsets: dict[str, torch.Tensor], folde
 
     offsets: the UNet's weight offsets as peft names them without the adapter (get_peft_model_state_dict).
     """
-    from safetensors.torch import save_file
-
-    from ... import __version__
-
-    folder = Path(folder)
-    if folder.exists() and (folder.is_file() or any(folder.iterdir()) and not is_encoder(folder)):
-        raise InputError(f"--out {folder}: exists and is not an E4T encoder folder; pick a new folder")
-    folder.resolve().parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
     tensors.update({f"unet.{k}": v for k, v in offsets.items()})
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
-    info = {**(meta or {}), "format": FORMAT, "format_version": 1, "config": encoder.cfg.to_dict(),
-            "dims": encoder.dims, "boothkit_version": __version__}
-    with staged_folder(folder) as staged:
-        save_file(tensors, str(staged / ENCODER_WEIGHTS), metadata={"format": FORMAT})
-        (staged / ENCODER_META).write_text(json.dumps(info, indent=1))
-    return folder
+    return save_weights_folder(folder, tensors, meta, encoder.cfg.to_dict(), encoder.dims, weights=ENCODER_WEIGHTS,
+                               meta_file=ENCODER_META, fmt=FORMAT, kind="an E4T encoder", is_ours=is_encoder)
 
 
 def load_encoder(folder: str | Path) -> tuple[DomainEncoder, dict[str, torch.Tensor], dict]:

@@ -19,16 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import shutil
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from ...inputs import InputError
-from ...training.checkpoint import (check_resume, latest_checkpoint, load_checkpoint, load_optimizer_tensors,
-                                    optimizer_tensors, save_checkpoint)
+from ...training.checkpoint import load_optimizer_tensors, resume_point
+from ...training.steps import pretraining_steps
 from . import artifact
 from .config import EncoderConfig, PretrainConfig
 from .modules import (DomainEncoder, WordInjector, add_weight_offsets, clip_features, embedding_l2, encoder_dims,
@@ -106,7 +104,6 @@ def pretrain_e4t(out: str | Path, cfg: PretrainConfig, enc_cfg: EncoderConfig | 
     on fixed batches of HELD-OUT concepts with fixed noise (evaluated only, never trained on).
     """
     from peft.utils import get_peft_model_state_dict
-    from tqdm.auto import tqdm
 
     from ...pipeline import load_pipeline, model_hash, pick_device
     from ...training.loss import denoising_loss, training_scheduler
@@ -147,21 +144,14 @@ def pretrain_e4t(out: str | Path, cfg: PretrainConfig, enc_cfg: EncoderConfig | 
         t.update({f"unet.{n}": p.detach() for n, p in offsets.items()})
         return t
 
-    start = 0
-    ck = latest_checkpoint(work) if resume else None
-    if ck is not None:
-        meta, groups = load_checkpoint(ck)
-        check_resume(ck, meta.get("run", {}), run, _RESUMABLE_CHANGES, also=("encoder_config", "model_hash"))
+    start, ck, groups = resume_point(work, resume, run, _RESUMABLE_CHANGES, ("encoder_config", "model_hash"))
+    if groups:
         saved = groups["model"]
         encoder.load_state_dict({k[len("encoder."):]: v for k, v in saved.items() if k.startswith("encoder.")})
         with torch.no_grad():
             for n, p in offsets.items():
                 p.copy_(saved[f"unet.{n}"])
         load_optimizer_tensors(opt, groups["optimizer"])
-        start = meta["step"]
-    elif not resume and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
     if start >= cfg.steps:
         raise InputError(f"--resume: {ck} is already at step {start} >= --steps {cfg.steps}")
 
@@ -195,51 +185,21 @@ def pretrain_e4t(out: str | Path, cfg: PretrainConfig, enc_cfg: EncoderConfig | 
                 out[name] = sum(vals) / len(vals)
         return out
 
-    log = open(work / "train_log.jsonl", "a")
-    val_first = fixed_losses()
-    if val_first:
-        log.write(json.dumps({"step": start, **val_first}) + "\n")
-    val_last = val_first
-    params = list(encoder.parameters()) + list(offsets.values())
-    t0, losses = time.time(), []
-    bar = tqdm(total=cfg.steps, initial=start, desc="pretrain e4t", disable=not progress, dynamic_ncols=True)
-    for step in range(start, cfg.steps):
+    def step_loss(step: int) -> tuple[torch.Tensor, float, dict]:
         batch = data.make(step)
         g = torch.Generator("cpu").manual_seed(_seed(cfg.seed, f"noise-{step}"))
         per_example, offset = batch_loss(batch, g)
         denoise = per_example.mean()
         reg_e, reg_w = embedding_l2(offset), weight_offset_l2(pipe.unet)
         loss = denoise + cfg.reg_embedding * reg_e + cfg.reg_weights * reg_w
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}; "
-                                     f"last checkpoint: {latest_checkpoint(work)}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        done = step + 1
-        lv = float(loss.detach())
-        losses.append(float(denoise.detach()))
-        log.write(json.dumps({"step": done, "loss": lv, "denoise": float(denoise.detach()),
-                              "offset_sq": float(reg_e.detach()), "weight_offset_sq": float(reg_w.detach()),
-                              "t": round(time.time() - t0, 3)}) + "\n")
-        log.flush()
-        if val_first and (done == cfg.steps or (cfg.val_every and done % cfg.val_every == 0)):
-            val_last = fixed_losses()
-            log.write(json.dumps({"step": done, **val_last}) + "\n")
-            log.flush()
-        if on_step:
-            on_step(done, lv)
-        bar.update(1)
-        bar.set_postfix(loss=f"{lv:.4f}")
-        if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-            save_checkpoint(work, done, {"model": model_tensors(), "optimizer": optimizer_tensors(opt)},
-                            {"run": run}, keep=cfg.keep_checkpoints)
-    bar.close()
-    log.close()
+        return loss, float(denoise.detach()), {"denoise": float(denoise.detach()), "offset_sq": float(reg_e.detach()),
+                                               "weight_offset_sq": float(reg_w.detach())}
+
+    losses, val_first, val_last, seconds = pretraining_steps(
+        cfg, start=start, work=work, opt=opt, params=list(encoder.parameters()) + list(offsets.values()), run=run,
+        step_loss=step_loss, fixed_losses=fixed_losses, state=model_tensors, desc="pretrain e4t", progress=progress,
+        on_step=on_step)
     injector.remove()
-    seconds = time.time() - t0
     tail = losses[-50:]
     summary = {"steps": cfg.steps, "first_step": start, "batch_size": cfg.batch_size,
                "train_seconds": round(seconds, 2), "final_loss": losses[-1] if losses else None,

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
-from ...inputs import InputError, staged_folder
+from ...inputs import InputError, save_weights_folder
 from .config import InstantBoothConfig
 from .modules import InstantBooth
 
@@ -30,22 +28,11 @@ def is_artifact(folder: str | Path) -> bool:
 
 def save(model: InstantBooth, folder: str | Path, meta: dict | None = None) -> Path:
     """Write the artifact to `folder` (replacing an older InstantBooth artifact there; refusing anything else)."""
-    from safetensors.torch import save_file
-
-    from ... import __version__
-
-    folder = Path(folder)
-    if folder.exists() and (folder.is_file() or any(folder.iterdir()) and not (folder / META).is_file()):
-        raise InputError(f"--out {folder}: exists and is not an InstantBooth artifact folder; pick a new folder")
-    folder.resolve().parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    tensors = model.state_dict()
     assert all(k.startswith(PREFIXES) for k in tensors), sorted(tensors)[:3]
-    info = {**(meta or {}), "format": FORMAT, "format_version": 1, "config": model.cfg.to_dict(),
-            "dims": model.dims, "boothkit_version": __version__}
-    with staged_folder(folder) as staged:
-        save_file(tensors, str(staged / WEIGHTS), metadata={"format": FORMAT})
-        (staged / META).write_text(json.dumps(info, indent=1))
-    return folder
+    return save_weights_folder(folder, tensors, meta, model.cfg.to_dict(), model.dims, weights=WEIGHTS,
+                               meta_file=META, fmt=FORMAT, kind="an InstantBooth artifact",
+                               is_ours=lambda f: (f / META).is_file())
 
 
 def read_meta(folder: str | Path) -> dict:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -30,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from ...inputs import InputError
-from ...training.checkpoint import (check_resume, latest_checkpoint, load_checkpoint, load_optimizer_tensors,
-                                    optimizer_tensors, save_checkpoint)
+from ...training.checkpoint import load_optimizer_tensors, resume_point
+from ...training.steps import pretraining_steps
 from . import artifact
 from .config import InstantBoothConfig, PretrainConfig
 from .modules import (InstantBooth, attach, image_features, inject_concept, model_dims, normalise_pixels,
@@ -191,8 +190,6 @@ def pretrain_instantbooth(out: str | Path, cfg: PretrainConfig, model_cfg: Insta
     stopped early). train_log.jsonl gets the loss per step and, every cfg.val_every steps, the loss on fixed
     batches of HELD-OUT concepts (evaluated only, never trained on).
     """
-    from tqdm.auto import tqdm
-
     from ...pipeline import load_pipeline, model_hash, pick_device
     from ...training.loss import denoising_loss, training_scheduler
 
@@ -222,21 +219,12 @@ def pretrain_instantbooth(out: str | Path, cfg: PretrainConfig, model_cfg: Insta
                                  "base_model": model,
                                  "model_hash": model_hash(model)}))  # as the checkpoint's meta.json will read back
 
-    start = 0
-    ck = latest_checkpoint(work) if resume else None
-    if ck is not None:
-        meta, groups = load_checkpoint(ck)
-        saved = meta.get("run", {})
-        saved = {**saved, "model_config": _trained_shape(saved.get("model_config", {}))}
-        check_resume(ck, saved, run, _RESUMABLE_CHANGES, also=("model_config", "model_hash"))
+    start, ck, groups = resume_point(
+        work, resume, run, _RESUMABLE_CHANGES, ("model_config", "model_hash"),
+        saved_run=lambda r: {**r, "model_config": _trained_shape(r.get("model_config", {}))})
+    if groups:
         ib.load_state_dict(groups["model"])
         load_optimizer_tensors(opt, groups["optimizer"])
-        start = meta["step"]
-    elif not resume and work.exists():
-        import shutil
-
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
     if start > cfg.steps:
         raise InputError(f"--resume: {ck} is already at step {start} > --steps {cfg.steps}; pass --steps {start} to "
                          f"write the artifact from it, or more to train on")
@@ -262,64 +250,38 @@ def pretrain_instantbooth(out: str | Path, cfg: PretrainConfig, model_cfg: Insta
     val_set = [val_data.make(10**9 + i) for i in range(cfg.val_batches)] if val_data else []
 
     @torch.no_grad()
-    def heldout_loss() -> float | None:
+    def heldout_loss() -> dict:
         """Mean loss on fixed batches of held-out subjects, fixed noise: comparable across steps and runs."""
         if not val_set:
-            return None
+            return {}
         ib.eval()
         out = [batch_loss(b, torch.Generator("cpu").manual_seed(_seed(cfg.seed, f"val-{i}"))).mean().item()
                for i, b in enumerate(val_set)]
         ib.train()
-        return sum(out) / len(out)
+        return {"heldout_loss": sum(out) / len(out)}
 
     data = ScenePairs(cfg, model_cfg.identifier, dev)
-    log = open(work / "train_log.jsonl", "a")
-    val_first = heldout_loss()
-    if val_first is not None:
-        log.write(json.dumps({"step": start, "heldout_loss": val_first}) + "\n")
-    val_last = val_first
-    params = [p for grp in opt.param_groups for p in grp["params"]]
-    t0, losses = time.time(), []
-    bar = tqdm(total=cfg.steps, initial=start, desc="pretrain instantbooth", disable=not progress,
-               dynamic_ncols=True)
-    for step in range(start, cfg.steps):
+
+    def step_loss(step: int) -> tuple[torch.Tensor, float, dict]:
         batch = data.make(step)
         g = torch.Generator("cpu").manual_seed(_seed(cfg.seed, f"noise-{step}"))
         loss = batch_loss(batch, g).mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}; "
-                                     f"last checkpoint: {latest_checkpoint(work)}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        done = step + 1
-        lv = float(loss.detach())
-        losses.append(lv)
+        return loss, float(loss.detach()), {}
+
+    def gates() -> dict:
         gammas = torch.stack([a.gamma.detach() for a in ib.adapters.values()])
-        log.write(json.dumps({"step": done, "loss": lv, "mean_abs_tanh_gamma": float(gammas.tanh().abs().mean()),
-                              "t": round(time.time() - t0, 3)}) + "\n")
-        log.flush()
-        if val_set and (done == cfg.steps or (cfg.val_every and done % cfg.val_every == 0)):
-            val_last = heldout_loss()
-            log.write(json.dumps({"step": done, "heldout_loss": val_last}) + "\n")
-            log.flush()
-        if on_step:
-            on_step(done, lv)
-        bar.update(1)
-        bar.set_postfix(loss=f"{lv:.4f}")
-        if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-            save_checkpoint(work, done, {"model": ib.state_dict(), "optimizer": optimizer_tensors(opt)},
-                            {"run": run}, keep=cfg.keep_checkpoints)
-    bar.close()
-    log.close()
+        return {"mean_abs_tanh_gamma": float(gammas.tanh().abs().mean())}
+
+    losses, val_first, val_last, seconds = pretraining_steps(
+        cfg, start=start, work=work, opt=opt, params=[p for grp in opt.param_groups for p in grp["params"]], run=run,
+        step_loss=step_loss, fixed_losses=heldout_loss, state=ib.state_dict, desc="pretrain instantbooth",
+        after_step=gates, progress=progress, on_step=on_step)
     attached.detach()
-    seconds = time.time() - t0
     summary = {"steps": cfg.steps, "first_step": start, "batch_size": cfg.batch_size,
                "train_seconds": round(seconds, 2), "final_loss": losses[-1] if losses else None,
                "n_train_concepts": data.n_concepts, "device": str(dev),
-               "heldout_loss": {"first": val_first, "last": val_last, "batches": cfg.val_batches,
+               "heldout_loss": {"first": val_first.get("heldout_loss"), "last": val_last.get("heldout_loss"),
+                                "batches": cfg.val_batches,
                                 "n_heldout_concepts": val_data.n_concepts if val_data else 0}}
     artifact.save(ib, out, {**base_meta(pipe, model, model_cfg, cfg.cls), "trained": True,
                             "pretrain": {"config": cfg.to_dict(), **summary}})
