@@ -155,6 +155,12 @@ def test_n_images_give_the_mean_concept_and_concatenated_patches(world, active_a
             want = ib.model.concept_head(emb.mean(0, keepdim=True))[0]
         assert torch.allclose(ib.concept, want, atol=1e-5)
         assert not torch.allclose(ib.concept, singles[0][0], atol=1e-3)
+        # patches="mean": one image's worth of tokens, the mean of the singles (the paper's head is linear)
+        concept, mean = ib.encode_images(refs[:3], patches="mean")
+        assert mean.shape == (1, 65, 128) and torch.allclose(concept, want, atol=1e-5)
+        assert torch.allclose(mean, torch.stack([p for _, p in singles]).mean(0), atol=1e-5)
+        with pytest.raises(InputError, match="patches"):
+            ib.encode_images(refs[:3], patches="sum")
     finally:
         ib.remove()
 

@@ -203,3 +203,38 @@ def test_cli_pretrain_e4t(tmp_path):
     assert json.loads(r.output[r.output.index("{"):])["steps"] == 1 and artifact.is_encoder(out)
     r = runner.invoke(app, ["pretrain", "e4t", "--class", "dragon", "--out", str(tmp_path / "no")])
     assert r.exit_code != 0 and not (tmp_path / "no").exists()
+
+
+def test_tuning_encodes_each_distinct_prompt_once_with_the_same_values_and_gradient():
+    from types import SimpleNamespace
+
+    from boothkit.methods.e4t.model import E4TRecipe
+
+    pipe = load_pipeline("world", device="cpu", dtype="fp32", progress=False)
+    tok, te = pipe.tokenizer, pipe.text_encoder
+    tok.add_tokens(["sks"])
+    te.resize_token_embeddings(len(tok))
+    word = torch.zeros(te.config.hidden_size, requires_grad=True)
+    inj = WordInjector(te, tok.convert_tokens_to_ids("sks"))
+    calls = []
+    hook = te.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    prompts = [PROMPT, "sks person on a red background", PROMPT, PROMPT]
+    recipe = SimpleNamespace(tokenizer=tok, text_encoder=te, unet=pipe.unet)
+    weights = torch.randn(len(prompts), 77, te.config.hidden_size)
+
+    def grad_of(encode):
+        word.grad = None
+        inj.set(word + 0.0)  # a fresh graph from the word each time
+        out = encode(prompts)
+        (out * weights).sum().backward()
+        return out.detach(), word.grad.clone()
+
+    got, got_grad = grad_of(lambda p: E4TRecipe.encode_prompts(recipe, p))
+    assert calls == [2]  # one text-encoder pass over the 2 distinct prompts
+    ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    want, want_grad = grad_of(lambda p: te(ids)[0])
+    hook.remove()
+    inj.remove()
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.allclose(got_grad, want_grad, rtol=1e-4, atol=1e-6)
+    assert float(want_grad.abs().sum()) > 0

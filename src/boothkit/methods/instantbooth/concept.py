@@ -44,11 +44,13 @@ class ConceptConfig(_Dict):
     alpha: float | None = None  #: concept scale at generation (None: the encoder's default)
     beta: float | None = None  #: adapter strength at generation (None: the encoder's default)
     mask_background: bool = True  #: flat background to white, subject framed square at 3/4 (as pretraining saw it)
+    patches: str = "concat"  #: "concat": all N photos' patch tokens (the paper); "mean": averaged over the photos
     steps: int = 0  #: no training happens; kept so that --steps is accepted (it is ignored)
 
     def validate(self) -> None:
         _need(self.alpha is None or self.alpha >= 0, f"alpha must be >= 0 (got {self.alpha})")
         _need(self.beta is None or self.beta >= 0, f"beta must be >= 0 (got {self.beta})")
+        _need(self.patches in ("concat", "mean"), f"patches must be 'concat' or 'mean' (got {self.patches!r})")
 
 
 def shipped_encoder() -> Path | None:
@@ -85,7 +87,7 @@ def encode(pipe, photos, class_noun: str, token: str, cfg: ConceptConfig, folder
     try:
         if token != ib.cfg.identifier:
             ib.token_id = single_token_id(pipe.tokenizer, token)
-        concept, patches = ib.encode_images(photos, mask_background=cfg.mask_background)
+        concept, patches = ib.encode_images(photos, mask_background=cfg.mask_background, patches=cfg.patches)
     finally:
         ib.remove()
     save_file({"concept": concept.float().cpu().contiguous(), "patches": patches[0].float().cpu().contiguous()},

@@ -92,8 +92,15 @@ class InstantBoothPipeline:
         return normalise_pixels(x, s, pre["mean"], pre["std"])
 
     @torch.no_grad()
-    def encode_images(self, images, mask_background: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """N >= 1 reference images of ONE subject -> (concept embedding [text_dim], patches [1, N * T, cross_dim])."""
+    def encode_images(self, images, mask_background: bool = True,
+                      patches: str = "concat") -> tuple[torch.Tensor, torch.Tensor]:
+        """N >= 1 reference images of ONE subject -> (concept embedding [text_dim], patches [1, N * T, cross_dim]).
+
+        patches="mean": the N images' tokens are averaged position by position instead -> [1, T, cross_dim], the
+        token count pretraining conditioned on (one image per scene); the framing makes the positions comparable.
+        """
+        if patches not in ("concat", "mean"):
+            raise InputError(f"InstantBooth patches must be 'concat' or 'mean' (got {patches!r})")
         if not images:
             raise InputError("InstantBooth needs at least one reference image")
         if mask_background:  # the background is known to be flat: mask it, then frame the subject as pretraining did
@@ -102,8 +109,10 @@ class InstantBoothPipeline:
         embeds, tokens = image_features(enc, self.pixel_values(images))  # [N, E], [N, T, H]
         head_param = next(self.model.concept_head.parameters())
         embeds, tokens = embeds.to(head_param), tokens.to(head_param)
-        concept, patches = self.model.encode(embeds[None], tokens[None])  # [1, D], [1, N * T, C]
-        return concept[0], patches
+        if patches == "mean":
+            tokens = tokens.mean(0, keepdim=True)  # [1, T, H] (with the paper's linear head: the mean of its outputs)
+        concept, patch_tokens = self.model.encode(embeds[None], tokens[None])  # [1, D], [1, N * T or T, C]
+        return concept[0], patch_tokens
 
     @torch.no_grad()
     def set_images(self, images, beta: float | None = None, mask_background: bool = True) -> None:
