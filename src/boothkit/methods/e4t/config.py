@@ -75,8 +75,8 @@ class PretrainConfig(_Dict):
 class E4TConfig(TrainConfig):
     """Domain tuning of one subject: starts from the pretrained encoder; encoder head + weight offsets train."""
 
-    steps: int = 5  #: the paper tunes 5-15 steps; 5 at lr 3e-3 was chosen on `boothkit bench --val` (notes/e4t.md)
-    lr: float = 3e-3  #: one lr for the encoder head and the weight offsets (6e-3 collapses: notes/e4t.md)
+    steps: int = 5  #: the paper tunes 5-15 steps; 5 at lr 3e-3 was chosen on `boothkit bench --val` (results/e4t_val/)
+    lr: float = 3e-3  #: one lr for the encoder head and the weight offsets (4e-3 and above collapse: results/e4t_val/)
     batch_size: int = 16  #: augmented (flipped) copies of the subject photo(s) per step (the paper's 16)
     weight_decay: float = 0.0  #: the L2 penalties below are the regularisers
     encoder: str = ""  #: pretrained E4T encoder folder (default: assets/e4t/<world class of the class noun>/)
