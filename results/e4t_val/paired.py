@@ -23,7 +23,7 @@ def per_subject(folder: str) -> dict[str, float]:
 base = per_subject(os.path.join(HERE, sys.argv[1]))
 print(f"| recipe | subjects | judge-I | minus {sys.argv[1]} | subjects better |")
 print("|---|---|---|---|---|")
-for d in sorted(glob.glob(os.path.join(HERE, "*", ""))):
+for d in sorted(glob.glob(os.path.join(HERE, "s*", ""))):  # the recipe folders (not full-* or encoders-*)
     p = per_subject(d)
     common = sorted(set(p) & set(base))
     if common:
