@@ -112,17 +112,15 @@ def main() -> None:
     def mean(xs):
         return round(statistics.mean(xs), 4)
 
+    #: the halves that hold a personalised subject: both, or only A's (left) or B's (right)
+    halves = {None: ("left", "right"), "both": ("left", "right"), "a_only": ("left",), "b_only": ("right",)}
+
     def summary(key: str, cond: str | None) -> dict:
         got = [r[key] if cond is None else r[key][cond] for r in rows]
-        out = {"own": mean([x for g in got for x in g["own_left"] + g["own_right"]]),
-               "swapped": mean([x for g in got for x in g["swapped_left"] + g["swapped_right"]]),
-               "correct": mean([x for g in got for x in g["correct"]])}
-        if cond == "a_only":  # only the left half is personalised
-            out = {"own": mean([x for g in got for x in g["own_left"]]),
-                   "swapped": mean([x for g in got for x in g["swapped_left"]])}
-        if cond == "b_only":
-            out = {"own": mean([x for g in got for x in g["own_right"]]),
-                   "swapped": mean([x for g in got for x in g["swapped_right"]])}
+        out = {k: mean([x for g in got for side in halves[cond] for x in g[f"{k}_{side}"]])
+               for k in ("own", "swapped")}
+        if len(halves[cond]) == 2:
+            out["correct"] = mean([x for g in got for x in g["correct"]])
         return out
 
     methods = args.methods.split(",")

@@ -209,6 +209,7 @@ def test_tuning_encodes_each_distinct_prompt_once_with_the_same_values_and_gradi
     from types import SimpleNamespace
 
     from boothkit.methods.e4t.model import E4TRecipe
+    from boothkit.training.recipe import Recipe
 
     pipe = load_pipeline("world", device="cpu", dtype="fp32", progress=False)
     tok, te = pipe.tokenizer, pipe.text_encoder
@@ -220,6 +221,7 @@ def test_tuning_encodes_each_distinct_prompt_once_with_the_same_values_and_gradi
     hook = te.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
     prompts = [PROMPT, "sks person on a red background", PROMPT, PROMPT]
     recipe = SimpleNamespace(tokenizer=tok, text_encoder=te, unet=pipe.unet)
+    recipe.prompt_ids = lambda p: Recipe.prompt_ids(recipe, p)
     weights = torch.randn(len(prompts), 77, te.config.hidden_size)
 
     def grad_of(encode):

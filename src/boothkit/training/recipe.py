@@ -78,11 +78,15 @@ class Recipe:
     def text_trains(self) -> bool:
         return "text_encoder" in self.train_modules
 
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """[B] prompts -> [B, L, D] text encoder hidden states."""
+    def prompt_ids(self, prompts: list[str]) -> torch.Tensor:
+        """[B] prompts -> [B, L] token ids, padded to the tokenizer's length, on the UNet's device."""
         tok = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt")
-        ids = tok.input_ids.to(self.unet.device)
+        return tok.input_ids.to(self.unet.device)
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """[B] prompts -> [B, L, D] text encoder hidden states."""
+        ids = self.prompt_ids(prompts)
         if self.text_trains:
             return self.module("text_encoder")(ids)[0]
         with torch.no_grad():

@@ -85,12 +85,9 @@ class E4TRecipe(Recipe):
         Each distinct prompt is encoded once and gathered into the batch (a tuning batch is 16 copies of one
         caption): the same values and the same gradient (the gather's backward sums the rows), at 1/16 of the cost.
         """
-        unique = list(dict.fromkeys(prompts))
-        tok = self.tokenizer(unique, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt")
-        hidden = self.text_encoder(tok.input_ids.to(self.unet.device))[0]  # [U, L, D]
-        index = torch.tensor([unique.index(p) for p in prompts], device=hidden.device)
-        return hidden.index_select(0, index)
+        row = {p: i for i, p in enumerate(dict.fromkeys(prompts))}  # distinct prompts, in first-seen order
+        hidden = self.text_encoder(self.prompt_ids(list(row)))[0]  # [U, L, D]
+        return hidden.index_select(0, torch.tensor([row[p] for p in prompts], device=hidden.device))
 
     def loss(self, g: torch.Generator) -> torch.Tensor:
         """Denoising loss on the photo(s) + reg_embedding ||s E(x)||^2 + reg_weights sum ||Delta W||^2 (§3.3)."""

@@ -30,6 +30,7 @@ import torch
 
 from ...inputs import InputError
 from .config import _Dict, _need
+from .inference import PATCH_MODES
 from .modules import single_token_id
 
 CONCEPT_WEIGHTS = "instantbooth_concept.safetensors"
@@ -50,7 +51,7 @@ class ConceptConfig(_Dict):
     def validate(self) -> None:
         _need(self.alpha is None or self.alpha >= 0, f"alpha must be >= 0 (got {self.alpha})")
         _need(self.beta is None or self.beta >= 0, f"beta must be >= 0 (got {self.beta})")
-        _need(self.patches in ("concat", "mean"), f"patches must be 'concat' or 'mean' (got {self.patches!r})")
+        _need(self.patches in PATCH_MODES, f"patches must be one of {PATCH_MODES} (got {self.patches!r})")
 
 
 def shipped_encoder() -> Path | None:

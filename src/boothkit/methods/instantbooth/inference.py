@@ -66,6 +66,10 @@ def centre_subject(im, cover: float = 0.75, thresh: int = 8):
     return out
 
 
+#: how N reference photos' patch tokens reach the adapters: "concat" (all N * T tokens, the paper) or "mean"
+PATCH_MODES = ("concat", "mean")
+
+
 class InstantBoothPipeline:
     """The handle `install_instantbooth` returns: reference images in, prompt embeddings out."""
 
@@ -99,8 +103,8 @@ class InstantBoothPipeline:
         patches="mean": the N images' tokens are averaged position by position instead -> [1, T, cross_dim], the
         token count pretraining conditioned on (one image per scene); the framing makes the positions comparable.
         """
-        if patches not in ("concat", "mean"):
-            raise InputError(f"InstantBooth patches must be 'concat' or 'mean' (got {patches!r})")
+        if patches not in PATCH_MODES:
+            raise InputError(f"InstantBooth patches must be one of {PATCH_MODES} (got {patches!r})")
         if not images:
             raise InputError("InstantBooth needs at least one reference image")
         if mask_background:  # the background is known to be flat: mask it, then frame the subject as pretraining did
