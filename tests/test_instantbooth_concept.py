@@ -96,3 +96,32 @@ def test_app_offers_instantbooth_only_with_an_encoder_and_then_defaults_to_it(en
     monkeypatch.setattr(ib, "shipped_encoder", lambda: encoder)
     monkeypatch.setattr(ib_concept, "shipped_encoder", lambda: encoder)
     assert default_method(registered_methods()) == "instantbooth"
+
+
+def _first_unet_call(pipe, guidance: float) -> torch.Tensor:
+    """The UNet's output of the first denoising step of `pipe(PROMPT)` (its CFG batch: [negative, positive])."""
+    seen = []
+    h = pipe.unet.register_forward_hook(lambda m, a, out: seen.append(out[0].detach().clone()))
+    try:
+        pipe(PROMPT, num_inference_steps=1, guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(0))
+    finally:
+        h.remove()
+    return seen[0]
+
+
+def test_uncond_beta_switches_the_adapters_off_in_the_unconditional_half_only(concept, encoder, subject_photos,
+                                                                              tmp_path):
+    guided = tune("instantbooth", subject_photos, "animal", tmp_path / "guided",
+                  config={"encoder": str(encoder), "uncond_beta": 0.0})
+    assert json.loads((guided / "concept.json").read_text())["instantbooth"]["uncond_beta"] == 0.0
+    plain = _first_unet_call(_world(), 5.0)  # [2, 4, h, w]: no adapters anywhere
+    paper = _first_unet_call(apply_concepts(_world(), [concept]), 5.0)  # adapters in both halves
+    pipe = apply_concepts(_world(), [guided])
+    image_guided = _first_unet_call(pipe, 5.0)
+    assert pipe._boothkit_instantbooth.attached.condition.uncond_rows == 1
+    assert (paper[0] - plain[0]).abs().max() > 1e-3  # the paper's way: the adapters act on the negative half too
+    torch.testing.assert_close(image_guided[0], plain[0])  # here they do not ...
+    torch.testing.assert_close(image_guided[1], paper[1])  # ... and the conditional half is the paper's
+    # without guidance there is no negative half: every row gets beta, as the paper's
+    torch.testing.assert_close(_first_unet_call(pipe, 1.0), _first_unet_call(apply_concepts(_world(), [concept]), 1.0))
+    assert pipe._boothkit_instantbooth.attached.condition.uncond_rows == 0

@@ -34,41 +34,39 @@ def pretraining_steps(cfg, *, start: int, work: Path, opt: torch.optim.Optimizer
     """
     from tqdm.auto import tqdm
 
-    log = open(work / "train_log.jsonl", "a")
-    fixed_first = fixed_losses()
-    if fixed_first:
-        log.write(json.dumps({"step": start, **fixed_first}) + "\n")
-    fixed_last = fixed_first
-    t0, losses = time.time(), []
-    bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
-    for step in range(start, cfg.steps):
-        loss, tracked, extra = step_loss(step)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}; "
-                                     f"last checkpoint: {latest_checkpoint(work)}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        done = step + 1
-        lv = float(loss.detach())
-        losses.append(tracked)
-        if after_step:
-            extra = {**extra, **after_step()}
-        log.write(json.dumps({"step": done, "loss": lv, **extra, "t": round(time.time() - t0, 3)}) + "\n")
-        log.flush()
-        if fixed_first and (done == cfg.steps or (cfg.val_every and done % cfg.val_every == 0)):
-            fixed_last = fixed_losses()
-            log.write(json.dumps({"step": done, **fixed_last}) + "\n")
+    with open(work / "train_log.jsonl", "a") as log, \
+            tqdm(total=cfg.steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+        fixed_first = fixed_losses()
+        if fixed_first:
+            log.write(json.dumps({"step": start, **fixed_first}) + "\n")
+        fixed_last = fixed_first
+        t0, losses = time.time(), []
+        for step in range(start, cfg.steps):
+            loss, tracked, extra = step_loss(step)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}; "
+                                         f"last checkpoint: {latest_checkpoint(work)}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            done = step + 1
+            lv = float(loss.detach())
+            losses.append(tracked)
+            if after_step:
+                extra = {**extra, **after_step()}
+            log.write(json.dumps({"step": done, "loss": lv, **extra, "t": round(time.time() - t0, 3)}) + "\n")
             log.flush()
-        if on_step:
-            on_step(done, lv)
-        bar.update(1)
-        bar.set_postfix(loss=f"{lv:.4f}")
-        if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-            save_checkpoint(work, done, {"model": state(), "optimizer": optimizer_tensors(opt)}, {"run": run},
-                            keep=cfg.keep_checkpoints)
-    bar.close()
-    log.close()
+            if fixed_first and (done == cfg.steps or (cfg.val_every and done % cfg.val_every == 0)):
+                fixed_last = fixed_losses()
+                log.write(json.dumps({"step": done, **fixed_last}) + "\n")
+                log.flush()
+            if on_step:
+                on_step(done, lv)
+            bar.update(1)
+            bar.set_postfix(loss=f"{lv:.4f}")
+            if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+                save_checkpoint(work, done, {"model": state(), "optimizer": optimizer_tensors(opt)}, {"run": run},
+                                keep=cfg.keep_checkpoints)
     return losses, fixed_first, fixed_last, time.time() - t0

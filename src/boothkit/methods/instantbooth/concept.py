@@ -12,6 +12,8 @@ A concept folder holds:
 Loading installs the adapters on `pipe.unet` (attn1 processors + block pre-hooks, as `install_instantbooth`) with
 the patches, and wraps `pipe.encode_prompt` so that a prompt's identifier gets the concept embedding in place of its
 text-encoder output (times alpha). Everything else about the pipeline is unchanged: plain `pipe(prompt)` calls work.
+With `uncond_beta` set (`--set uncond_beta=0`), that wrapper also tells the adapters which rows of the UNet batch are
+classifier-free guidance's negative half, which then gets the adapters at that strength (image guidance).
 
 Two subjects in one prompt (beyond the paper): each concept has its own identifier (`--identifier`, one token,
 e.g. "sks" and "zwx") and its own patches. Both concepts' identifiers get their own concept embedding; the adapters
@@ -46,11 +48,15 @@ class ConceptConfig(_Dict):
     beta: float | None = None  #: adapter strength at generation (None: the encoder's default)
     mask_background: bool = True  #: flat background to white, subject framed square at 3/4 (as pretraining saw it)
     patches: str = "concat"  #: "concat": all N photos' patch tokens (the paper); "mean": averaged over the photos
+    #: adapter strength in classifier-free guidance's unconditional half (None: beta, as in both halves: the paper;
+    #: 0: adapters off there, so guidance also pushes towards the photos, as IP-Adapter's negative image does)
+    uncond_beta: float | None = None
     steps: int = 0  #: no training happens; kept so that --steps is accepted (it is ignored)
 
     def validate(self) -> None:
         _need(self.alpha is None or self.alpha >= 0, f"alpha must be >= 0 (got {self.alpha})")
         _need(self.beta is None or self.beta >= 0, f"beta must be >= 0 (got {self.beta})")
+        _need(self.uncond_beta is None or self.uncond_beta >= 0, f"uncond_beta must be >= 0 (got {self.uncond_beta})")
         _need(self.patches in PATCH_MODES, f"patches must be one of {PATCH_MODES} (got {self.patches!r})")
 
 
@@ -95,7 +101,8 @@ def encode(pipe, photos, class_noun: str, token: str, cfg: ConceptConfig, folder
               str(folder / CONCEPT_WEIGHTS))
     shutil.copytree(enc, folder / ENCODER_DIR, ignore=shutil.ignore_patterns("*.work", "checkpoint-*"))
     return {"files": [CONCEPT_WEIGHTS, ENCODER_DIR], "instantbooth": {
-        "encoder": str(enc), "alpha": ib.cfg.alpha, "beta": ib.cfg.beta, "n_photos": len(photos),
+        "encoder": str(enc), "alpha": ib.cfg.alpha, "beta": ib.cfg.beta, "uncond_beta": cfg.uncond_beta,
+        "n_photos": len(photos),
         "patch_tokens": int(patches.shape[1])}}
 
 
@@ -140,6 +147,7 @@ def load(pipe, folder: Path, meta: dict) -> None:
         p = next(pipe.unet.parameters())
         model.to(p.device, p.dtype)
         state = _Installed(attach(pipe.unet, model, beta=model.cfg.beta), key, model.cfg.beta)
+        state.attached.condition.uncond_beta = meta.get("instantbooth", {}).get("uncond_beta")
         pipe._boothkit_instantbooth = state
         original = pipe.encode_prompt
         sig = inspect.signature(original)
@@ -147,6 +155,8 @@ def load(pipe, folder: Path, meta: dict) -> None:
         def encode_prompt(*args, **kwargs):
             pe, ne = original(*args, **kwargs)
             b = sig.bind(*args, **kwargs)
+            # the pipeline's UNet batch is [negative rows, these rows] when it guides: tell the adapters which is which
+            state.attached.condition.uncond_rows = pe.shape[0] if b.arguments.get("do_classifier_free_guidance") else 0
             prompt = b.arguments.get("prompt")
             if prompt is None or b.arguments.get("prompt_embeds") is not None:
                 return pe, ne

@@ -86,9 +86,10 @@ class GatedSelfAttention(nn.Module):
         x = self.norm(self.proj(patches))
         return self._heads(self.to_k(x)), self._heads(self.to_v(x))
 
-    def forward(self, y: torch.Tensor, patches: torch.Tensor | None, beta: float,
+    def forward(self, y: torch.Tensor, patches: torch.Tensor | None, beta: float | torch.Tensor,
                 kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """y [B, n, d] image tokens of this block; patches [B or 1, M, context_dim] (or their `patch_kv`)."""
+        """y [B, n, d] image tokens of this block; patches [B or 1, M, context_dim] (or their `patch_kv`);
+        beta a float or per row [B, 1, 1]."""
         b, n, d = y.shape
         x = self.norm(y)
         kp, vp = kv if kv is not None else self.patch_kv(patches)
@@ -212,6 +213,20 @@ class ImageCondition:
     patches: torch.Tensor | None = None  #: [P, M, cross_dim]; P = 1 (one subject for the whole batch) or P = batch
     beta: float = 1.0
     version: int = 0  #: bumped by every set_patches: the processors' cached patch keys/values are stale then
+    #: Image guidance (beyond the paper, IP-Adapter's way): the first `uncond_rows` rows of a UNet batch of exactly
+    #: 2 * uncond_rows are classifier-free guidance's unconditional half, and get the adapters at `uncond_beta`
+    #: (0: off) instead of beta, so that guidance pushes towards the photos as well as the prompt. None: every row
+    #: gets beta (the paper). Whoever builds the CFG batch sets uncond_rows (concept.py's encode_prompt wrapper).
+    uncond_beta: float | None = None
+    uncond_rows: int = 0
+
+    def row_beta(self, b: int, like: torch.Tensor) -> float | torch.Tensor:
+        """beta for a UNet batch of b rows: a float, or [b, 1, 1] when the CFG halves get different strengths."""
+        if self.uncond_beta is None or not self.uncond_rows or b != 2 * self.uncond_rows:
+            return self.beta
+        r = self.uncond_rows
+        rows = [self.uncond_beta] * r + [self.beta] * r
+        return torch.tensor(rows, device=like.device, dtype=like.dtype).view(b, 1, 1)
 
     def check_batch(self, b: int) -> None:
         p = self.patches.shape[0]
@@ -251,7 +266,7 @@ class InstantBoothAttnProcessor(nn.Module):
         y = h + out  # [B, n, d]: the residual stream after self-attention
         self.condition.check_batch(y.shape[0])
         # block: h + (out + delta) = y + delta(y); delta == 0 exactly while gamma == 0
-        return out + self.adapter(y, None, self.condition.beta, kv=self._patch_kv(y))
+        return out + self.adapter(y, None, self.condition.row_beta(y.shape[0], y), kv=self._patch_kv(y))
 
 
 class Attached:
