@@ -122,6 +122,18 @@ def test_generate_images_are_stored_and_deterministic(server):
     assert {ims[0]["id"], ims[1]["id"], again["id"]} <= listed
 
 
+def test_generate_with_a_named_scheduler(server):
+    assert "euler_a" in http("GET", server.url + "/api/health").json()["schedulers"]
+    own = gen(server, prompt="a photo of a rat", seed=3).json()["images"][0]
+    r = gen(server, prompt="a photo of a rat", seed=3, scheduler="euler_a")
+    assert r.status == 200, r
+    im = r.json()["images"][0]
+    assert im["scheduler"] == "euler_a" and own["scheduler"] is None
+    assert http("GET", server.url + im["url"]).body != http("GET", server.url + own["url"]).body
+    stored = {i["id"]: i for i in http("GET", server.url + "/api/images").json()}
+    assert stored[im["id"]]["scheduler"] == "euler_a"  # persisted with the image's settings
+
+
 def test_generate_random_seed_is_reported(server):
     r = gen(server, prompt="a rat").json()
     assert r["seed"] == r["images"][0]["seed"] and isinstance(r["seed"], int)
@@ -306,6 +318,7 @@ def test_jobs_and_images_bad_ids(server):
     ({"steps": 2}, 422, "prompt"),
     ({"prompt": "a <nosuch> rat"}, 404, "no concept named 'nosuch'"),
     ({"prompt": "a rat", "concepts": ["../x"]}, 400, "is not allowed"),
+    ({"prompt": "a rat", "scheduler": "DDIMScheduler"}, 400, "unknown scheduler 'DDIMScheduler'; choose from"),
 ])
 def test_generate_bad_input(server, body, status, words):
     _err(http("POST", server.url + "/api/generate", json_body={"steps": 2, **body}), status, words)

@@ -67,6 +67,8 @@ const [url, photoDir, shot, name, steps, timeoutMs, methodConfig] = process.argv
     await page.fill("[data-testid=n]", "2");
     await page.fill("[data-testid=seed]", "5");
     await page.fill("[data-testid=steps]", "8");
+    out.samplers = await page.$$eval("[data-testid=scheduler] option", (os) => os.map((o) => o.value));
+    await page.selectOption("[data-testid=scheduler]", "euler_a");
     await page.click("[data-testid=generate]");
     await page.waitForFunction(() => {
       const ims = document.querySelectorAll("[data-testid=result] img");
@@ -156,6 +158,8 @@ def test_page_end_to_end(browser_ready, tmp_path, real):
     assert all("/api/images/" in src for _, src in out["images"])
     assert sorted(c.split(" · ")[0] for c in out["captions"]) == ["seed 5", "seed 6"]
     assert all("ratty-2" in c for c in out["captions"])
+    assert out["samplers"][0] == "" and "euler_a" in out["samplers"]  # "the model's own", then the named ones
+    assert all(" · euler_a · " in c for c in out["captions"])  # the chosen sampler made (and labels) the images
     assert out["errors"] == []
     assert shot.stat().st_size > 10_000
     keep = os.environ.get("BOOTHKIT_SCREENSHOT")

@@ -37,6 +37,8 @@ def test_generate_writes_pngs_and_grid_and_is_deterministic(tmp_path):
     (["-n", "0"], "-n must be at least 1"),
     (["--height", "60"], "multiple of 8"),
     (["--steps", "0"], "--steps"),
+    (["--scheduler", "nosuch"], "unknown scheduler 'nosuch'; choose from"),
+    (["--scheduler", "LMSDiscreteScheduler"], "needs torch and scipy installed"),
 ])
 def test_generate_usage_errors_write_nothing(tmp_path, args, message):
     from boothkit.generate import UsageError

@@ -47,4 +47,5 @@ def test_evaluate_world_reports_every_field(tmp_path):
     for k in ("bg_color_acc", "size_acc", "position_acc", "style_acc", "identity_top5", "n_images", "seconds"):
         assert k in r
     assert r["n_images"] == 4 and r["reference"]["bg_color_acc"] == 1.0
+    assert r["scheduler"] == "DPMSolverMultistepScheduler" and r["scheduler_name"] == "the model's own"
     assert (tmp_path / "world_fidelity.json").exists() and (tmp_path / "world_fidelity_samples.png").exists()

@@ -73,3 +73,32 @@ def test_model_hash_is_stable_and_content_based():
     h = model_hash("world")
     assert h == model_hash(str(world_path())) and len(h) == 16
     assert model_hash("someone/else").startswith("id:")
+
+
+def test_schedulers_are_built_from_the_models_config_and_change_the_sampling():
+    from diffusers import DDIMScheduler
+
+    from boothkit.inputs import InputError
+    from boothkit.pipeline import SCHEDULERS, make_scheduler, scheduler_class
+
+    pipe = load_pipeline("world", device="cpu", progress=False)
+    own = pipe.scheduler.config
+    for name, (cls_name, overrides) in SCHEDULERS.items():
+        s = make_scheduler(own, name)
+        assert type(s).__name__ == cls_name, name
+        assert s.config.beta_start == own.beta_start and s.config.beta_schedule == own.beta_schedule
+        assert s.config.prediction_type == own.prediction_type
+        assert all(s.config[k] == v for k, v in overrides.items())
+    assert scheduler_class("DDIMScheduler")[0] is DDIMScheduler  # a diffusers class name works too
+    for bad in ("nosuch", "AutoencoderKL", "StableDiffusionPipeline"):
+        with pytest.raises(InputError, match="unknown scheduler"):
+            scheduler_class(bad)
+
+    def draw(p):
+        g = torch.Generator("cpu").manual_seed(0)
+        return p("a cat on a red background", num_inference_steps=4, generator=g, output_type="pt").images
+
+    ddim = load_pipeline("world", device="cpu", progress=False, scheduler="ddim")
+    assert isinstance(ddim.scheduler, DDIMScheduler)
+    torch.testing.assert_close(draw(ddim), draw(ddim))  # same seed, same pixels
+    assert (draw(ddim) - draw(pipe)).abs().max() > 1e-2  # another sampler, another image

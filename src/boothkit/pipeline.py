@@ -66,11 +66,12 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
 
 
 def load_pipeline(model: str = WORLD, device: str | None = None, dtype: str | torch.dtype | None = None,
-                  progress: bool = True):
+                  progress: bool = True, scheduler: str | None = None):
     """A diffusers StableDiffusionPipeline for `model` on the chosen device and dtype.
 
     model: "world" (the shipped emoji-world model), a local diffusers folder, or a hub id (needs the hub to be
     reachable, or the model in the local hub cache). Fails with ModelNotFoundError naming the model otherwise.
+    scheduler: a sampler name (SCHEDULERS, or a diffusers scheduler class name); None: the model's own.
     """
     from diffusers import StableDiffusionPipeline
 
@@ -92,9 +93,55 @@ def load_pipeline(model: str = WORLD, device: str | None = None, dtype: str | to
                 f"could not load model {model!r}: not a local folder, and the hub could not provide it "
                 f"(offline, or no such repository). Original error: {str(e).splitlines()[0]}") from e
         raise ModelNotFoundError(f"could not load model {model!r}: {str(e).splitlines()[0]}") from e
+    set_scheduler(pipe, scheduler)
     pipe = pipe.to(dev)
     pipe.set_progress_bar_config(disable=not progress, leave=False)
     pipe.boothkit_model = model  # what the user asked for, recorded in artifacts
+    return pipe
+
+
+#: Sampler names (the words kohya and web-UI users know) -> diffusers scheduler class and config overrides. Each is
+#: built from the pipeline's own scheduler config (its betas and prediction type), as diffusers' docs swap samplers.
+SCHEDULERS: dict[str, tuple[str, dict]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
+    "dpm++_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+
+
+def scheduler_class(name: str) -> tuple[type, dict]:
+    """-> (diffusers scheduler class, config overrides) for a SCHEDULERS key or a diffusers scheduler class name;
+    InputError listing the choices for anything else (checked before a model is loaded)."""
+    import diffusers
+
+    from .inputs import InputError
+
+    cls_name, overrides = SCHEDULERS.get(name, (name, {}))
+    cls = getattr(diffusers, cls_name, None) if cls_name.endswith("Scheduler") else None
+    if isinstance(cls, type) and getattr(cls, "_backends", None):  # diffusers' stand-in for a missing extra
+        raise InputError(f"scheduler {name!r} needs {' and '.join(cls._backends)} installed")
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise InputError(f"unknown scheduler {name!r}; choose from {sorted(SCHEDULERS)} or a diffusers scheduler "
+                         "class name (e.g. DDIMScheduler)")
+    return cls, overrides
+
+
+def make_scheduler(config, name: str):
+    """The scheduler `name` (see scheduler_class) built from `config`, a pipeline's scheduler config."""
+    cls, overrides = scheduler_class(name)
+    return cls.from_config(config, **overrides)
+
+
+def set_scheduler(pipe, name: str | None):
+    """Swap pipe's scheduler for the named one (None: keep the model's own); -> pipe."""
+    if name:
+        pipe.scheduler = make_scheduler(pipe.scheduler.config, name)
     return pipe
 
 

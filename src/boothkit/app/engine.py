@@ -133,8 +133,13 @@ class Engine:
         return CONCEPT_REF.sub(lambda m: phrases.get(m.group(1), m.group(0)), prompt), rows
 
     def generate(self, prompt: str, *, concepts: list[str], n: int, seed: int, steps: int, guidance: float,
-                 width: int | None, height: int | None, negative_prompt: str | None) -> list[dict]:
-        """-> one dict per image: id, seed, and the settings it was made with (all persisted)."""
+                 width: int | None, height: int | None, negative_prompt: str | None,
+                 scheduler: str | None = None) -> list[dict]:
+        """-> one dict per image: id, seed, and the settings it was made with (all persisted).
+
+        scheduler: a boothkit.pipeline.SCHEDULERS name (None: the model's own); each request builds its own from
+        the shared pipeline's scheduler config, so concurrent requests never share a scheduler's state."""
+        from ..pipeline import make_scheduler
         from ..generate import GenerateConfig, UsageError, generate_images
 
         model_prompt, rows = self.resolve_prompt(prompt, concepts)
@@ -147,7 +152,8 @@ class Engine:
             try:
                 shared = self.pipeline_for(rows)
                 pipe = copy.copy(shared)  # shallow: shares the weights, not the per-call state
-                pipe.scheduler = type(shared.scheduler).from_config(shared.scheduler.config)
+                pipe.scheduler = (make_scheduler(shared.scheduler.config, scheduler) if scheduler
+                                  else type(shared.scheduler).from_config(shared.scheduler.config))
                 images = generate_images(pipe, model_prompt, cfg)
             except RequestError:
                 raise
@@ -162,8 +168,8 @@ class Engine:
                 raise
         out = []
         for i, im in enumerate(images):
-            settings = {"seed": seed + i, "steps": steps, "guidance": guidance, "width": im.width,
-                        "height": im.height, "negative_prompt": negative_prompt or None,
+            settings = {"seed": seed + i, "steps": steps, "guidance": guidance, "scheduler": scheduler,
+                        "width": im.width, "height": im.height, "negative_prompt": negative_prompt or None,
                         "concepts": [r["name"] for r in rows], "model": self.model, "model_prompt": model_prompt}
             image_id = self.store.add_image(im, prompt, settings)
             out.append({"id": image_id, "prompt": prompt, **settings})

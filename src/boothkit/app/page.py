@@ -96,6 +96,8 @@ PAGE = r"""<!doctype html>
       <div><label for="steps">Steps</label><input id="steps" data-testid="steps" type="number" min="1" value="20"></div>
       <div><label for="guidance">Guidance</label><input id="guidance" data-testid="guidance" type="number" step="0.5"
         value="5"></div>
+      <div><label for="scheduler">Sampler</label><select id="scheduler" data-testid="scheduler">
+        <option value="">model's own</option></select></div>
       <div><label for="size">Size (empty: native)</label><input id="size" data-testid="size" type="number" step="8"
         min="8"></div>
     </div>
@@ -122,6 +124,9 @@ async function api(path, opts = {}) {
 async function loadInfo() {
   const [h, m] = await Promise.all([api("/api/health"), api("/api/methods")]);
   $("server-info").textContent = "model " + h.model + " · methods: " + (m.methods.join(", ") || "none installed");
+  for (const name of h.schedulers) {
+    const o = document.createElement("option"); o.value = o.textContent = name; $("scheduler").appendChild(o);
+  }
   const sel = $("method"); sel.innerHTML = "";
   for (const name of m.methods) {
     const o = document.createElement("option"); o.value = name;
@@ -220,7 +225,7 @@ $("generate").addEventListener("click", async () => {
   const size = num("size");
   const body = {prompt: $("prompt").value, negative_prompt: $("negative").value || null, n: num("n") ?? 1,
                 seed: num("seed"), steps: num("steps") ?? 20, guidance: num("guidance") ?? 5,
-                width: size, height: size};
+                scheduler: $("scheduler").value || null, width: size, height: size};
   $("generate").disabled = true; say("gen-msg", "generating…");
   try {
     const r = await api("/api/generate", {method: "POST", headers: {"content-type": "application/json"},
@@ -230,7 +235,7 @@ $("generate").addEventListener("click", async () => {
       const fig = document.createElement("figure"); fig.dataset.testid = "result";
       fig.innerHTML = "<a href='" + im.url + "' download='boothkit-" + im.seed + ".png'><img alt='" + esc(im.prompt) +
         "' src='" + im.url + "'></a><figcaption>seed " + im.seed + " · " + im.steps + " steps · guidance " +
-        im.guidance + " · " + im.width + "×" + im.height +
+        im.guidance + (im.scheduler ? " · " + esc(im.scheduler) : "") + " · " + im.width + "×" + im.height +
         (im.concepts.length ? " · " + esc(im.concepts.join(", ")) : "") +
         "<br>" + esc(im.prompt) + "</figcaption>";
       box.prepend(fig);

@@ -69,6 +69,7 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="base seed; null: a random one (returned)")
     steps: int = Field(20, description="denoising steps")
     guidance: float = Field(5.0, ge=0.0, le=30.0, description="classifier-free guidance scale")
+    scheduler: str | None = Field(None, description="sampler (one of /api/health's schedulers); null: the model's own")
     width: int | None = Field(None, description="default: the model's native size")
     height: int | None = Field(None, description="default: the model's native size")
     response: Literal["url", "base64", "both"] = Field("url", description="how images come back")
@@ -82,6 +83,7 @@ class Image(BaseModel):
     seed: int
     steps: int
     guidance: float
+    scheduler: str | None = None
     width: int
     height: int
     negative_prompt: str | None
@@ -99,5 +101,6 @@ class Health(BaseModel):
     ok: bool
     model: str
     methods: list[str]
+    schedulers: list[str] = Field(description="samplers a generate request may name (null: the model's own)")
     queued: int
     running: int

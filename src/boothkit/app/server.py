@@ -28,6 +28,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from starlette.background import BackgroundTask
 
 from . import schemas
+from ..pipeline import SCHEDULERS
 from .engine import Engine
 from .jobs import JobRunner
 from .limits import (Limits, RequestError, check_class_noun, check_concept_name, check_identifier, check_prompt,
@@ -153,7 +154,7 @@ def create_app(cfg: AppConfig) -> FastAPI:
     @app.get("/api/health", response_model=schemas.Health, tags=["server"])
     def health():
         jobs = store.list_jobs(1000)
-        return {"ok": True, "model": cfg.model, "methods": ordered(methods),
+        return {"ok": True, "model": cfg.model, "methods": ordered(methods), "schedulers": list(SCHEDULERS),
                 "queued": sum(j["status"] == "queued" for j in jobs),
                 "running": sum(j["status"] == "running" for j in jobs)}
 
@@ -286,12 +287,15 @@ def create_app(cfg: AppConfig) -> FastAPI:
             v = getattr(req, side)
             if v is not None and (v < 8 or v > limits.max_size or v % 8):
                 raise RequestError(f"{side} must be a multiple of 8 between 8 and {limits.max_size} (got {v})")
+        if req.scheduler is not None and req.scheduler not in SCHEDULERS:
+            raise RequestError(f"unknown scheduler {req.scheduler!r}; choose from {list(SCHEDULERS)} "
+                               "(or null: the model's own)")
         for n in req.concepts:
             check_concept_name(n)
         seed = req.seed if req.seed is not None else random.randrange(2**31)
         made = engine.generate(prompt, concepts=req.concepts, n=req.n, seed=seed, steps=req.steps,
                                guidance=req.guidance, width=req.width, height=req.height,
-                               negative_prompt=req.negative_prompt)
+                               negative_prompt=req.negative_prompt, scheduler=req.scheduler)
         out = []
         for im in made:
             d = {**im, "url": f"/api/images/{im['id']}"}

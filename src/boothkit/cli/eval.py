@@ -6,6 +6,8 @@ import json
 
 import typer
 
+from .common import SCHEDULER
+
 eval_app = typer.Typer(help="Evaluate models.", no_args_is_help=True)
 
 
@@ -23,10 +25,16 @@ def world(
     out: str = typer.Option(None, "--out", help="Also write the JSON and a sample grid here."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
     device: str = typer.Option("auto", "--device"),
+    scheduler: str = SCHEDULER,
 ):
     """World fidelity over train concepts: background, size, position, style accuracy and judge identity top-5."""
     from ..eval.world import evaluate_world
+    from ..generate import UsageError
+    from ..inputs import InputError
 
-    result = evaluate_world(model=model, n=n, steps=steps, guidance=guidance, batch=batch, out=out, device=device,
-                            progress=not as_json)
+    try:
+        result = evaluate_world(model=model, n=n, steps=steps, guidance=guidance, batch=batch, out=out,
+                                device=device, progress=not as_json, scheduler=scheduler)
+    except InputError as e:
+        raise UsageError(str(e)) from e
     typer.echo(json.dumps(result, indent=1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from .common import DEVICE, DTYPE, MODEL
+from .common import DEVICE, DTYPE, MODEL, SCHEDULER
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +26,7 @@ def generate(
     images: str = typer.Option(None, "--images", "--ref", help="Reference photos of the subject, for --instant."),
     alpha: float = typer.Option(None, "--alpha", help="--instant: concept embedding scale (default: artifact's)."),
     beta: float = typer.Option(None, "--beta", help="--instant: adapter strength (default: artifact's)."),
+    scheduler: str = SCHEDULER,
     model: str = MODEL,
     device: str = DEVICE,
     dtype: str = DTYPE,
@@ -40,6 +41,15 @@ def generate(
         raise UsageError("--instant and --images go together (and not with --concept)")
     cfg = GenerateConfig(n=n, seed=seed, steps=steps, guidance=guidance, height=height, width=width,
                          negative_prompt=negative)
+    if scheduler:
+        from ..generate import UsageError
+        from ..inputs import InputError
+        from ..pipeline import scheduler_class
+
+        try:
+            scheduler_class(scheduler)
+        except InputError as e:
+            raise UsageError(str(e)) from e
     out_dir = prepare_out(out)
     if instant:  # bad photos or artifact: fail before the model is loaded
         from ..generate import UsageError
@@ -52,7 +62,7 @@ def generate(
             images = load_reference_images(images)
         except InputError as e:
             raise UsageError(str(e)) from e
-    pipe = load_pipeline(model, device=device, dtype=dtype)
+    pipe = load_pipeline(model, device=device, dtype=dtype, scheduler=scheduler)
     if concept:
         from ..generate import UsageError
         from ..inputs import InputError

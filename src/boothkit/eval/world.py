@@ -133,15 +133,17 @@ def summarise(rows: list[dict], prefix: str = "") -> dict:
 
 
 def evaluate_world(model: str = "world", n: int = 240, steps: int = 20, guidance: float = 5.0, batch: int = 16,
-                   out: str | None = None, device: str = "auto", progress: bool = True) -> dict:
-    """Generate the fixed caption set with `model` and measure it. Returns the JSON-ready result."""
+                   out: str | None = None, device: str = "auto", progress: bool = True,
+                   scheduler: str | None = None) -> dict:
+    """Generate the fixed caption set with `model` (and `scheduler`, None: the model's own) and measure it.
+    Returns the JSON-ready result."""
     from tqdm.auto import tqdm
 
     from ..judge import Judge
     from ..pipeline import load_pipeline, world_path
 
     t0 = time.time()
-    pipe = load_pipeline(model, device=device, progress=False)
+    pipe = load_pipeline(model, device=device, progress=False, scheduler=scheduler)
     judge = Judge.load(world_path() / "judge")
     protos = class_prototypes(judge)
     scenes = eval_scenes(n)
@@ -162,6 +164,7 @@ def evaluate_world(model: str = "world", n: int = 240, steps: int = 20, guidance
     result = {
         **summarise(rows), "n_images": n, "seconds": round(time.time() - t0, 1),
         "generation_seconds": round(gen_seconds, 1), "model": model, "steps": steps, "guidance": guidance,
+        "scheduler": type(pipe.scheduler).__name__, "scheduler_name": scheduler or "the model's own",
         "seeds": f"image i uses seed i (0..{n - 1})", "captions": "boothkit.eval.world.eval_scenes",
         "device": str(pipe.device), "torch_threads": torch.get_num_threads(),
         "reference": summarise(ref_rows), "by_style": per_style,
