@@ -11,6 +11,7 @@ from .common import MODEL
 
 def register(app: typer.Typer) -> None:
     app.command("bench")(bench)
+    app.command("compare")(compare)
 
 
 def _ints(text: str | None) -> list[int] | None:
@@ -134,3 +135,21 @@ def bench(
                     "them", fg="yellow")
     elif not results.get("complete", True):
         typer.secho("incomplete: some units are missing (rerun the same command to continue)", fg="yellow")
+
+
+def compare(
+    a: str = typer.Argument(..., help="Run A: a bench --out folder, RUN or RUN:METHOD."),
+    b: str = typer.Argument(..., help="Run B, compared against A (B - A)."),
+    method: str = typer.Option(None, "--method", help="The method of a side that names none."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (with per-subject differences) only."),
+):
+    """Paired comparison of two bench runs, or two methods of one, on their shared subjects (B - A, 95% interval)."""
+    from ..bench.compare import compare as paired, markdown, parse_side
+    from ..inputs import InputError
+
+    try:
+        result = paired(parse_side(a, method), parse_side(b, method))
+    except InputError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2)
+    typer.echo(json.dumps(result, indent=1) if as_json else markdown(result))
