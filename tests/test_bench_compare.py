@@ -69,3 +69,11 @@ def test_refuses_what_cannot_be_paired(tmp_path):
         parse_side(str(a), None)
     result = CliRunner().invoke(app, ["compare", str(a), str(tmp_path / "nothing"), "--method", "e4t"])
     assert result.exit_code == 2 and "no units for method" in result.output
+
+
+def test_a_folder_of_other_records_is_refused(tmp_path):
+    folder = tmp_path / "db" / "units" / "dreambooth"
+    folder.mkdir(parents=True)
+    (folder / "dog.json").write_text(json.dumps({"dino": 0.5, "images": [{"clip_i": 0.1}]}))
+    with pytest.raises(InputError, match="not a world-protocol unit"):
+        compare(parse_side(str(tmp_path / "db"), "dreambooth"), parse_side(str(tmp_path / "db"), "dreambooth"))

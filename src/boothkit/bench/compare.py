@@ -44,6 +44,9 @@ def load_units(run: Path, method: str) -> dict[str, dict]:
     units = {}
     for f in sorted(folder.glob("*.json")):
         record = json.loads(f.read_text())
+        if not ("slug" in record and all("judge_i" in im for im in record.get("images", [{}]))):
+            raise InputError(f"{f} is not a world-protocol unit (compare reads `boothkit bench --quick/--full/--val` "
+                             "runs; DreamBench runs are not supported yet)")
         units[record["slug"]] = record
     return units
 
