@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -240,3 +241,37 @@ def test_tuning_encodes_each_distinct_prompt_once_with_the_same_values_and_gradi
     assert torch.allclose(got, want, atol=1e-5)
     assert torch.allclose(got_grad, want_grad, rtol=1e-4, atol=1e-6)
     assert float(want_grad.abs().sum()) > 0
+
+
+def test_frame_photos_whitens_the_background_and_centres_the_subject():
+    from boothkit.methods.e4t.modules import frame_photos
+    from boothkit.world.concepts import heldout_concepts
+    from boothkit.world.references import render_references
+
+    images, _ = render_references(heldout_concepts("person")[0], 3)
+    photos = torch.stack([torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).float() / 255
+                          for im in images])  # [3, 3, 64, 64]
+    framed = frame_photos(photos)
+    assert framed.shape == photos.shape
+    corners = framed[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]
+    assert (corners > 0.95).all()  # each photo's own background colour is gone
+    ink = (1 - framed).amax(1) > 0.1  # [3, 64, 64] the subject's pixels
+    for m in ink:
+        ys, xs = m.nonzero(as_tuple=True)
+        side = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+        assert 0.6 * 64 <= side <= 0.85 * 64  # framed at about 3/4 of the side ...
+        assert abs((ys.max() + ys.min()) / 2 - 31.5) <= 3 and abs((xs.max() + xs.min()) / 2 - 31.5) <= 3  # centred
+    assert torch.equal(frame_photos(photos), framed)  # deterministic: pretraining and tuning frame alike
+
+
+def test_an_encoder_pretrained_on_framed_photos_frames_the_tuning_photos(tmp_path, person_photo, monkeypatch):
+    import boothkit.methods.e4t.model as e4t_model
+
+    out = tmp_path / "framed"
+    pretrain_e4t(out, PretrainConfig(cls="person", steps=1, batch_size=2, val_batches=0, frame=True), progress=False)
+    assert artifact.read_encoder_meta(out)["preprocessing"]["frame"] is True
+    framed_batches = []
+    real = e4t_model.frame_photos
+    monkeypatch.setattr(e4t_model, "frame_photos", lambda x: framed_batches.append(x.shape) or real(x))
+    tune("e4t", person_photo, "person", tmp_path / "c", steps=1, config={**FAST, "encoder": str(out)})
+    assert framed_batches == [(1, 3, 64, 64)]  # the one tuning photo went through the same framing

@@ -74,7 +74,8 @@ def instantbooth(
     try:
         cfg = PretrainConfig(cls=cls, steps=steps, batch_size=batch, lr_heads=lr_heads, lr_adapters=lr_adapters,
                              lr_gamma=lr_gamma, object_weight=object_weight, seed=seed,
-                             checkpoint_every=checkpoint_every, val_every=val_every, val_batches=val_batches)
+                             checkpoint_every=checkpoint_every, val_every=val_every, val_batches=val_batches,
+                             frame=frame)
         knobs = {k: v for k, v in (("alpha", alpha), ("beta", beta)) if v is not None}
         summary = pretrain_instantbooth(out, cfg, InstantBoothConfig(**knobs), model=model, work=work or None,
                                         resume=resume, device=device)
@@ -97,6 +98,8 @@ def e4t(
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Checkpoint every N steps."),
     val_every: int = typer.Option(250, "--val-every", help="Held-out-subject loss every N steps (train_log)."),
     val_batches: int = typer.Option(2, "--val-batches", help="Fixed held-out batches for that loss (0: none)."),
+    frame: bool = typer.Option(False, "--frame", help="Frame the photos the encoder reads (background to white, "
+                                                      "subject centred), in pretraining and at tuning."),
     work: str = typer.Option("", "--work", help="Checkpoints and train_log.jsonl (default: <out>.work)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --work."),
     model: str = typer.Option("world", "--model", "-m", help="Base model (needs an image_encoder)."),

@@ -56,6 +56,9 @@ class PretrainConfig(_Dict):
     keep_checkpoints: int = 2  #: keep the newest K complete checkpoints
     val_every: int = 250  #: held-out denoising loss every N steps (also before the first and after the last step)
     val_batches: int = 2  #: fixed batches of HELD-OUT concepts of the class for that loss (0 = none)
+    #: frame the condition photos (flat background to white, subject centred at 3/4 of the side), as tuning then
+    #: frames the user's photos (recorded in the encoder's preprocessing); False: photos as given (the paper)
+    frame: bool = False
 
     def __post_init__(self):
         from ...world.concepts import CLASSES

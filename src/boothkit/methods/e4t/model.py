@@ -15,7 +15,7 @@ from ...inputs import InputError
 from ...training.recipe import Recipe
 from ..ti.model import add_tokens
 from .artifact import domain_of, load_encoder, resolve_encoder
-from .modules import (WordInjector, add_weight_offsets, clip_features, embedding_l2, encoder_dims,
+from .modules import (WordInjector, add_weight_offsets, clip_features, embedding_l2, encoder_dims, frame_photos,
                       offset_parameters, weight_offset_l2)
 
 
@@ -57,6 +57,8 @@ class E4TRecipe(Recipe):
         self.encoder = encoder.train().requires_grad_(True)
         photos = (subject.images.pixels + 1) / 2  # [N, 3, S, S] in [0, 1]
         pre = meta["preprocessing"]
+        if pre.get("frame"):  # the encoder was pretrained on framed photos: frame these the same way
+            photos = frame_photos(photos)
         feats = clip_features(self.pipe.image_encoder, photos, pre["mean"], pre["std"])  # [N, F]
         self.features = feats.mean(0, keepdim=True)  # [1, F]: several photos are averaged (N = 1: the paper)
         self.injector = WordInjector(self.text_encoder, self.token_id)

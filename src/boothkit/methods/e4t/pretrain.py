@@ -30,7 +30,7 @@ from ...training.steps import pretraining_steps
 from . import artifact
 from .config import EncoderConfig, PretrainConfig
 from .modules import (DomainEncoder, WordInjector, add_weight_offsets, clip_features, embedding_l2, encoder_dims,
-                      offset_parameters, preprocessing_of, weight_offset_l2)
+                      frame_photos, offset_parameters, preprocessing_of, weight_offset_l2)
 
 #: the placeholder pretraining writes in captions (tuning uses the user's identifier; only the word matters)
 IDENTIFIER = "<e4t>"
@@ -85,11 +85,11 @@ class ScenePairs:
                 "concepts": [s.objects[0].concept for s in targets]}
 
 
-def base_meta(pipe, model: str, cls: str) -> dict:
+def base_meta(pipe, model: str, cls: str, frame: bool = False) -> dict:
     from ...pipeline import model_hash
 
     return {"method": "e4t", "base_model": model, "model_hash": model_hash(model), "class": cls, "class_word": cls,
-            "identifier": IDENTIFIER, "preprocessing": preprocessing_of(pipe)}
+            "identifier": IDENTIFIER, "preprocessing": preprocessing_of(pipe, frame)}
 
 
 def pretrain_e4t(out: str | Path, cfg: PretrainConfig, enc_cfg: EncoderConfig | None = None, *,
@@ -123,7 +123,7 @@ def pretrain_e4t(out: str | Path, cfg: PretrainConfig, enc_cfg: EncoderConfig | 
     (token_id,) = add_tokens(tok, text_encoder, [IDENTIFIER], cfg.cls)
     class_embedding = text_encoder.get_input_embeddings().weight.detach()[
         tok.encode(cfg.cls, add_special_tokens=False)[0]].clone()  # [D]
-    pre = preprocessing_of(pipe)
+    pre = preprocessing_of(pipe, frame=cfg.frame)
     torch.manual_seed(_seed(cfg.seed, "init"))
     encoder = DomainEncoder(enc_cfg, dims).to(dev).train()
     add_weight_offsets(pipe.unet, enc_cfg)
@@ -160,7 +160,8 @@ def pretrain_e4t(out: str | Path, cfg: PretrainConfig, enc_cfg: EncoderConfig | 
         with torch.no_grad():
             x = batch["target"].to(dev) * 2 - 1
             latents = pipe.vae.encode(x).latent_dist.sample(generator=g) * scaling  # [B, 4, h, w]
-            feats = clip_features(pipe.image_encoder, batch["condition"], pre["mean"], pre["std"])  # [B, F]
+            cond = frame_photos(batch["condition"]) if cfg.frame else batch["condition"]
+            feats = clip_features(pipe.image_encoder, cond, pre["mean"], pre["std"])  # [B, F]
             ids = tok(batch["captions"], padding="max_length", max_length=tok.model_max_length, truncation=True,
                       return_tensors="pt").input_ids.to(dev)
         offset = encoder(feats)  # [B, D]
@@ -211,6 +212,6 @@ def pretrain_e4t(out: str | Path, cfg: PretrainConfig, enc_cfg: EncoderConfig | 
                "train_fixed_loss": {"first": val_first.get("train_fixed_loss"),
                                     "last": val_last.get("train_fixed_loss")}}
     artifact.save_encoder(encoder, get_peft_model_state_dict(pipe.unet), out,
-                          {**base_meta(pipe, model, cfg.cls), "trained": True,
+                          {**base_meta(pipe, model, cfg.cls, cfg.frame), "trained": True,
                            "pretrain": {"config": cfg.to_dict(), **summary}})
     return {"out": str(out), "work": str(work), **summary}
