@@ -199,9 +199,11 @@ def test_cli_pretrain_e4t(tmp_path):
     runner = CliRunner()
     out = tmp_path / "enc"
     r = runner.invoke(app, ["pretrain", "e4t", "--class", "animal", "--out", str(out), "--steps", "1", "--batch", "1",
-                            "--val-batches", "0", "--device", "cpu"])
+                            "--val-batches", "0", "--device", "cpu", "--frame"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output[r.output.index("{"):])["steps"] == 1 and artifact.is_encoder(out)
+    meta = artifact.read_encoder_meta(out)
+    assert meta["preprocessing"]["frame"] is True and meta["pretrain"]["config"]["frame"] is True
     r = runner.invoke(app, ["pretrain", "e4t", "--class", "dragon", "--out", str(tmp_path / "no")])
     assert r.exit_code != 0 and not (tmp_path / "no").exists()
 

@@ -74,8 +74,7 @@ def instantbooth(
     try:
         cfg = PretrainConfig(cls=cls, steps=steps, batch_size=batch, lr_heads=lr_heads, lr_adapters=lr_adapters,
                              lr_gamma=lr_gamma, object_weight=object_weight, seed=seed,
-                             checkpoint_every=checkpoint_every, val_every=val_every, val_batches=val_batches,
-                             frame=frame)
+                             checkpoint_every=checkpoint_every, val_every=val_every, val_batches=val_batches)
         knobs = {k: v for k, v in (("alpha", alpha), ("beta", beta)) if v is not None}
         summary = pretrain_instantbooth(out, cfg, InstantBoothConfig(**knobs), model=model, work=work or None,
                                         resume=resume, device=device)
@@ -113,7 +112,8 @@ def e4t(
 
     try:
         cfg = PretrainConfig(cls=cls, steps=steps, batch_size=batch, lr=lr, lr_offsets=lr_offsets, seed=seed,
-                             checkpoint_every=checkpoint_every, val_every=val_every, val_batches=val_batches)
+                             checkpoint_every=checkpoint_every, val_every=val_every, val_batches=val_batches,
+                             frame=frame)
         summary = pretrain_e4t(out, cfg, EncoderConfig(rank=rank, alpha=float(rank)), model=model,
                                work=work or None, resume=resume, device=device)
     except InputError as e:
