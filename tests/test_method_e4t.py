@@ -277,3 +277,19 @@ def test_an_encoder_pretrained_on_framed_photos_frames_the_tuning_photos(tmp_pat
     monkeypatch.setattr(e4t_model, "frame_photos", lambda x: framed_batches.append(x.shape) or real(x))
     tune("e4t", person_photo, "person", tmp_path / "c", steps=1, config={**FAST, "encoder": str(out)})
     assert framed_batches == [(1, 3, 64, 64)]  # the one tuning photo went through the same framing
+
+
+def test_lr_encoder_gives_the_head_its_own_learning_rate(tmp_path, person_photo, pretrained, monkeypatch):
+    import boothkit.training.loop as loop
+
+    made = []
+    real = loop.make_optimizer
+    monkeypatch.setattr(loop, "make_optimizer", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    cfg = {**FAST, "encoder": str(pretrained[0]), "lr": 2e-3, "lr_encoder": 5e-3}
+    tune("e4t", person_photo, "person", tmp_path / "c", steps=1, config=cfg)
+    (opt,) = made
+    offsets, head = opt.param_groups
+    assert offsets["lr"] == pytest.approx(2e-3) and head["lr"] == pytest.approx(5e-3)  # as the loop set them
+    assert len(head["params"]) == 6 and len(offsets["params"]) > 6  # the head: norm + 2 linear layers; the offsets
+    with pytest.raises(InputError, match="lr_encoder must be positive"):
+        tune("e4t", person_photo, "person", tmp_path / "d", steps=1, config={**cfg, "lr_encoder": 0})

@@ -92,10 +92,13 @@ def train(recipe, cfg, work_dir: str | Path, *, resume: bool = False, run_info: 
                 m.gradient_checkpointing_enable()
     for name in recipe.train_modules:
         getattr(recipe, name).train()
-    params = recipe.trainable_parameters()
+    params = recipe.trainable_parameters()  # tensors, or param groups {"params": [...], "lr_scale": x}
+    groups = params if params and isinstance(params[0], dict) else None
+    if groups:
+        params = [p for g in groups for p in g["params"]]
     if not params:
         raise TrainingError("nothing to train: the method made no parameter trainable")
-    opt = make_optimizer(params, cfg, device.type)
+    opt = make_optimizer(groups or params, cfg, device.type)
     prepared = accelerator.prepare(*[getattr(recipe, n) for n in recipe.train_modules], opt)
     *wrapped, opt = prepared if isinstance(prepared, (tuple, list)) else (prepared,)
     recipe._wrapped = dict(zip(recipe.train_modules, wrapped))
@@ -122,7 +125,7 @@ def train(recipe, cfg, work_dir: str | Path, *, resume: bool = False, run_info: 
     bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=not accelerator.is_main_process)
     for step in range(start, cfg.steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step)
+            group["lr"] = lr_at(cfg, step) * group.get("lr_scale", 1.0)
         step_loss = 0.0
         for micro in range(cfg.grad_accum):
             g = step_generator(cfg.seed, step, micro, accelerator.process_index)

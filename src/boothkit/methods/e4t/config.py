@@ -80,6 +80,7 @@ class E4TConfig(TrainConfig):
 
     steps: int = 5  #: the paper tunes 5-15 steps; 5 at lr 3e-3 was chosen on `boothkit bench --val` (results/e4t_val/)
     lr: float = 3e-3  #: one lr for the encoder head and the weight offsets (4e-3 and above collapse: results/e4t_val/)
+    lr_encoder: float | None = None  #: the encoder head's own lr (None: lr); the weight offsets keep lr
     batch_size: int = 16  #: augmented (flipped) copies of the subject photo(s) per step (the paper's 16)
     weight_decay: float = 0.0  #: the L2 penalties below are the regularisers
     encoder: str = ""  #: pretrained E4T encoder folder (default: assets/e4t/<world class of the class noun>/)
@@ -93,6 +94,8 @@ class E4TConfig(TrainConfig):
         super().validate()
         if self.reg_embedding < 0 or self.reg_weights < 0:
             raise InputError("config: reg_embedding and reg_weights must be >= 0")
+        if self.lr_encoder is not None and self.lr_encoder <= 0:
+            raise InputError(f"config: lr_encoder must be positive (got {self.lr_encoder})")
         if self.encoder:
             from .artifact import read_encoder_meta
 

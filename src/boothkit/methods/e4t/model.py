@@ -79,7 +79,11 @@ class E4TRecipe(Recipe):
         self.encoder.to(dev)
         self.features = self.features.to(dev)
         self.class_embedding = self.class_embedding.to(dev)
-        return list(self.offsets.values()) + list(self.encoder.parameters())
+        head = list(self.encoder.parameters())
+        if self.cfg.lr_encoder is None:
+            return list(self.offsets.values()) + head
+        return [{"params": list(self.offsets.values()), "lr_scale": 1.0},
+                {"params": head, "lr_scale": self.cfg.lr_encoder / self.cfg.lr}]
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """The frozen text encoder, run WITH gradients: they flow back to the injected word only.
