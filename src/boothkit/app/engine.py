@@ -139,8 +139,8 @@ class Engine:
 
         scheduler: a boothkit.pipeline.SCHEDULERS name (None: the model's own); each request builds its own from
         the shared pipeline's scheduler config, so concurrent requests never share a scheduler's state."""
-        from ..pipeline import make_scheduler
         from ..generate import GenerateConfig, UsageError, generate_images
+        from ..pipeline import make_scheduler
 
         model_prompt, rows = self.resolve_prompt(prompt, concepts)
         try:

@@ -52,7 +52,9 @@ class Recipe:
         """Make the trainable parameters (requires_grad) and anything they need (new tokens, adapters)."""
         raise NotImplementedError
 
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+    def trainable_parameters(self) -> list[torch.nn.Parameter] | list[dict]:
+        """What the optimizer trains: parameters, or param groups {"params": [...], "lr_scale": x} whose learning
+        rate is the schedule's times lr_scale."""
         return [p for name in self.train_modules for p in getattr(self, name).parameters() if p.requires_grad]
 
     def state_tensors(self) -> dict[str, torch.Tensor]:

@@ -147,6 +147,7 @@ def load(pipe, folder: Path, meta: dict) -> None:
         p = next(pipe.unet.parameters())
         model.to(p.device, p.dtype)
         state = _Installed(attach(pipe.unet, model, beta=model.cfg.beta), key, model.cfg.beta)
+        # image guidance is a property of the pipeline's adapters: the first concept loaded decides it for all
         state.attached.condition.uncond_beta = meta.get("instantbooth", {}).get("uncond_beta")
         pipe._boothkit_instantbooth = state
         original = pipe.encode_prompt
