@@ -89,6 +89,11 @@ def test_schedulers_are_built_from_the_models_config_and_change_the_sampling():
         assert s.config.beta_start == own.beta_start and s.config.beta_schedule == own.beta_schedule
         assert s.config.prediction_type == own.prediction_type
         assert all(s.config[k] == v for k, v in overrides.items())
+        one = load_pipeline("world", device="cpu", progress=False, scheduler=name)
+        for steps in (1, 3):  # few steps too (PNDM's PRK warm-up needs many unless skipped, as SD ships it)
+            im = one("a cat", num_inference_steps=steps, generator=torch.Generator("cpu").manual_seed(0),
+                     output_type="pt").images
+            assert im.shape == (1, 3, 64, 64) and torch.isfinite(im).all(), (name, steps)
     assert scheduler_class("DDIMScheduler")[0] is DDIMScheduler  # a diffusers class name works too
     for bad in ("nosuch", "AutoencoderKL", "StableDiffusionPipeline"):
         with pytest.raises(InputError, match="unknown scheduler"):
