@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -349,5 +350,36 @@ def test_cli_generate_instant(tmp_path, active_artifact, subject_photos):
                             "-n", "2", "--steps", "2", "--out", str(out), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.iterdir()) == ["grid.png", "image-000.png", "image-001.png"]
+    guided = tmp_path / "guided"
+    r = runner.invoke(app, ["generate", PROMPT, "--instant", str(active_artifact), "--images", str(subject_photos),
+                            "-n", "1", "--steps", "2", "--out", str(guided), "--device", "cpu", "--uncond-beta", "0"])
+    assert r.exit_code == 0, r.output
+    a, b = (np.asarray(Image.open(d / "image-000.png")).astype(int) for d in (out, guided))
+    assert np.abs(a - b).max() > 0  # image guidance changes the picture
     r = runner.invoke(app, ["generate", PROMPT, "--instant", str(active_artifact), "--out", str(tmp_path / "no")])
     assert r.exit_code != 0 and not (tmp_path / "no").exists()
+
+
+def test_install_instantbooth_image_guidance_and_remove(world, active_artifact, refs):
+    seen = []
+    hook = world.unet.register_forward_hook(lambda m, a, out: seen.append(out[0].detach().clone()))
+
+    def first_unet_output(**kw):
+        seen.clear()
+        world(num_inference_steps=1, guidance_scale=5.0, generator=torch.Generator("cpu").manual_seed(0), **kw)
+        return seen[0]  # [2, 4, h, w]: [negative, positive]
+
+    try:
+        plain = first_unet_output(prompt=PROMPT.replace("sks", "a"))
+        outs = {}
+        for uncond_beta in (None, 0.0):
+            ib = install_instantbooth(world, active_artifact, uncond_beta=uncond_beta)
+            ib.set_images(refs)
+            outs[uncond_beta] = first_unet_output(prompt_embeds=ib.encode_prompt(PROMPT))
+            ib.remove()
+        assert "encode_prompt" not in vars(world)  # remove() unwrapped it: the class's method again
+        torch.testing.assert_close(outs[0.0][1], outs[None][1])  # the positive half: the same adapters
+        assert (outs[None][0] - outs[0.0][0]).abs().max() > 1e-3  # the negative half: adapters off with 0 ...
+        torch.testing.assert_close(outs[0.0][0], plain[0])  # ... so it is the plain UNet's negative half
+    finally:
+        hook.remove()

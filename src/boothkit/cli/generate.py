@@ -26,6 +26,8 @@ def generate(
     images: str = typer.Option(None, "--images", "--ref", help="Reference photos of the subject, for --instant."),
     alpha: float = typer.Option(None, "--alpha", help="--instant: concept embedding scale (default: artifact's)."),
     beta: float = typer.Option(None, "--beta", help="--instant: adapter strength (default: artifact's)."),
+    uncond_beta: float = typer.Option(None, "--uncond-beta", help="--instant: adapter strength in guidance's "
+                                      "negative half (default: beta; 0: image guidance, as IP-Adapter)."),
     scheduler: str = SCHEDULER,
     model: str = MODEL,
     device: str = DEVICE,
@@ -76,7 +78,8 @@ def generate(
         from ..methods.instantbooth import generate_instant
 
         try:
-            pictures = generate_instant(pipe, instant, images, prompt, cfg, alpha=alpha, beta=beta)
+            pictures = generate_instant(pipe, instant, images, prompt, cfg, alpha=alpha, beta=beta,
+                                        uncond_beta=uncond_beta)
         except InputError as e:
             raise UsageError(str(e)) from e
     else:

@@ -12,8 +12,9 @@ A concept folder holds:
 Loading installs the adapters on `pipe.unet` (attn1 processors + block pre-hooks, as `install_instantbooth`) with
 the patches, and wraps `pipe.encode_prompt` so that a prompt's identifier gets the concept embedding in place of its
 text-encoder output (times alpha). Everything else about the pipeline is unchanged: plain `pipe(prompt)` calls work.
-With `uncond_beta` set (`--set uncond_beta=0`), that wrapper also tells the adapters which rows of the UNet batch are
-classifier-free guidance's negative half, which then gets the adapters at that strength (image guidance).
+With `uncond_beta` set (`--set uncond_beta=0`), `inference.track_guidance` also tells the adapters which rows of the
+UNet batch are classifier-free guidance's negative half, which then gets the adapters at that strength (image
+guidance).
 
 Two subjects in one prompt (beyond the paper): each concept has its own identifier (`--identifier`, one token,
 e.g. "sks" and "zwx") and its own patches. Both concepts' identifiers get their own concept embedding; the adapters
@@ -32,7 +33,7 @@ import torch
 
 from ...inputs import InputError
 from .config import _Dict, _need
-from .inference import PATCH_MODES
+from .inference import PATCH_MODES, track_guidance
 from .modules import single_token_id
 
 CONCEPT_WEIGHTS = "instantbooth_concept.safetensors"
@@ -150,14 +151,13 @@ def load(pipe, folder: Path, meta: dict) -> None:
         # image guidance is a property of the pipeline's adapters: the first concept loaded decides it for all
         state.attached.condition.uncond_beta = meta.get("instantbooth", {}).get("uncond_beta")
         pipe._boothkit_instantbooth = state
+        track_guidance(pipe, state.attached.condition)  # which rows are guidance's negative half, per call
         original = pipe.encode_prompt
         sig = inspect.signature(original)
 
         def encode_prompt(*args, **kwargs):
             pe, ne = original(*args, **kwargs)
             b = sig.bind(*args, **kwargs)
-            # the pipeline's UNet batch is [negative rows, these rows] when it guides: tell the adapters which is which
-            state.attached.condition.uncond_rows = pe.shape[0] if b.arguments.get("do_classifier_free_guidance") else 0
             prompt = b.arguments.get("prompt")
             if prompt is None or b.arguments.get("prompt_embeds") is not None:
                 return pe, ne

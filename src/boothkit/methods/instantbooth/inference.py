@@ -17,6 +17,7 @@ No gradient step anywhere: the reference photos go through the frozen vision tow
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -70,11 +71,42 @@ def centre_subject(im, cover: float = 0.75, thresh: int = 8):
 PATCH_MODES = ("concat", "mean")
 
 
+def track_guidance(pipe, condition) -> Callable[[], None]:
+    """Wrap `pipe.encode_prompt` so that every call tells `condition` how many rows of the coming UNet batch are
+    classifier-free guidance's negative half (diffusers' pipelines batch [negative, positive]): what image guidance
+    (`ImageCondition.uncond_beta`) needs. Works for `pipe(prompt=...)` and `pipe(prompt_embeds=...)` alike.
+    -> a function that unwraps it."""
+    import functools
+    import inspect
+
+    own = "encode_prompt" in vars(pipe)  # already wrapped by someone (else: the class's method)
+    original = pipe.encode_prompt
+    sig = inspect.signature(original)
+
+    @functools.wraps(original)  # keeps the signature: a wrapper around this one can still bind by name
+    def encode_prompt(*args, **kwargs):
+        pe, ne = original(*args, **kwargs)
+        guided = sig.bind(*args, **kwargs).arguments.get("do_classifier_free_guidance")
+        condition.uncond_rows = pe.shape[0] if guided else 0
+        return pe, ne
+
+    pipe.encode_prompt = encode_prompt
+
+    def undo() -> None:
+        if own:
+            pipe.encode_prompt = original
+        else:
+            vars(pipe).pop("encode_prompt", None)
+
+    return undo
+
+
 class InstantBoothPipeline:
     """The handle `install_instantbooth` returns: reference images in, prompt embeddings out."""
 
-    def __init__(self, pipe, model: InstantBooth, meta: dict, attached: Attached):
-        self.pipe, self.model, self.meta, self.attached = pipe, model, meta, attached
+    def __init__(self, pipe, model: InstantBooth, meta: dict, attached: Attached,
+                 untrack: Callable[[], None] | None = None):
+        self.pipe, self.model, self.meta, self.attached, self._untrack = pipe, model, meta, attached, untrack
         self.concept: torch.Tensor | None = None  # [text_dim], set by set_images
         self.token_id = single_token_id(pipe.tokenizer, model.cfg.identifier)
 
@@ -144,19 +176,24 @@ class InstantBoothPipeline:
                               self.cfg.alpha if alpha is None else alpha)
 
     def remove(self) -> None:
-        """Detach the adapters: pipe.unet is the stock UNet again."""
+        """Detach the adapters (and the guidance tracking): pipe is the stock pipeline again."""
         self.attached.detach()
+        if self._untrack:
+            self._untrack()
+            self._untrack = None
 
 
 def install_instantbooth(pipe, weights_dir: str | Path, alpha: float | None = None,
-                         beta: float | None = None) -> InstantBoothPipeline:
+                         beta: float | None = None, uncond_beta: float | None = None) -> InstantBoothPipeline:
     """Install a trained InstantBooth (artifact folder) into a diffusers StableDiffusionPipeline.
 
     The adapters become attention processors of every transformer block's ``attn1`` in ``pipe.unet`` (plus a
     forward pre-hook per block); the heads stay in the returned handle. The pipeline needs ``image_encoder`` (the
     vision tower the artifact was trained with) and its tokenizer must read the identifier as one token.
     Then: ``handle.set_images(photos)`` and ``pipe(prompt_embeds=handle.encode_prompt(prompt), ...)``.
-    alpha / beta override the artifact's inference defaults (concept scale, adapter strength).
+    alpha / beta override the artifact's inference defaults (concept scale, adapter strength). uncond_beta: image
+    guidance, the adapters' strength in guidance's negative half (None: beta there too, the paper; 0: off, as
+    IP-Adapter's negative image), for which `pipe.encode_prompt` is wrapped until `remove()`.
     """
     model, meta = artifact.load(weights_dir, alpha=alpha, beta=beta)
     have = model_dims(pipe)
@@ -167,7 +204,11 @@ def install_instantbooth(pipe, weights_dir: str | Path, alpha: float | None = No
     p = next(pipe.text_encoder.parameters())
     model.to(p.device, p.dtype)
     attached = attach(pipe.unet, model, beta=model.cfg.beta)
-    return InstantBoothPipeline(pipe, model, meta, attached)
+    untrack = None
+    if uncond_beta is not None:
+        attached.condition.uncond_beta = float(uncond_beta)
+        untrack = track_guidance(pipe, attached.condition)
+    return InstantBoothPipeline(pipe, model, meta, attached, untrack)
 
 
 def load_reference_images(images) -> list:
@@ -182,7 +223,8 @@ def load_reference_images(images) -> list:
 
 
 def generate_instant(pipe, artifact_dir: str | Path, ref_images, prompt: str, cfg=None, *, alpha: float | None = None,
-                     beta: float | None = None, mask_background: bool = True, check_model: bool = True) -> list:
+                     beta: float | None = None, uncond_beta: float | None = None, mask_background: bool = True,
+                     check_model: bool = True) -> list:
     """Personalised images without any training step: -> list of PIL images (image i uses seed cfg.seed + i).
 
     ref_images: a folder of photos, a list of files, or PIL images (any number, one subject). cfg: a
@@ -202,7 +244,7 @@ def generate_instant(pipe, artifact_dir: str | Path, ref_images, prompt: str, cf
                              f"(hash {meta['model_hash']}), but this pipeline's base model has hash {have}")
     refs = load_reference_images(ref_images)
     check_prompt(pipe, prompt)
-    ib = install_instantbooth(pipe, artifact_dir, alpha=alpha, beta=beta)
+    ib = install_instantbooth(pipe, artifact_dir, alpha=alpha, beta=beta, uncond_beta=uncond_beta)
     try:
         ib.set_images(refs, mask_background=mask_background)
         embeds = ib.encode_prompt(prompt)
