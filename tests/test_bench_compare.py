@@ -77,3 +77,15 @@ def test_a_folder_of_other_records_is_refused(tmp_path):
     (folder / "dog.json").write_text(json.dumps({"dino": 0.5, "images": [{"clip_i": 0.1}]}))
     with pytest.raises(InputError, match="not a world-protocol unit"):
         compare(parse_side(str(tmp_path / "db"), "dreambooth"), parse_side(str(tmp_path / "db"), "dreambooth"))
+
+
+def test_per_subject_differences_stay_with_their_subject_when_a_metric_is_missing(tmp_path):
+    a = _run(tmp_path / "a", ["pear", "snail", "mouse"])
+    b = _run(tmp_path / "b", ["pear", "snail", "mouse"], shift=0.1)
+    record = json.loads((a / "units" / "e4t" / "pear.json").read_text())
+    for im in record["images"]:
+        im["clip_t"] = None  # pear has no CLIP-T under A: it drops out of that metric only
+    (a / "units" / "e4t" / "pear.json").write_text(json.dumps(record))
+    r = compare(parse_side(str(a), "e4t"), parse_side(str(b), "e4t"))
+    assert r["metrics"]["clip_t"]["n"] == 2 and sorted(r["metrics"]["clip_t"]["per_subject"]) == ["mouse", "snail"]
+    assert r["metrics"]["identity"]["per_subject"] == pytest.approx({"mouse": 0.1, "pear": 0.1, "snail": 0.1})

@@ -27,8 +27,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.background import BackgroundTask
 
-from . import schemas
 from ..pipeline import SCHEDULERS
+from . import schemas
 from .engine import Engine
 from .jobs import JobRunner
 from .limits import (Limits, RequestError, check_class_noun, check_concept_name, check_identifier, check_prompt,

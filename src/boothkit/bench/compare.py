@@ -71,14 +71,16 @@ def compare(a: tuple[Path, str], b: tuple[Path, str], metrics=METRICS, seed: int
     out = {"a": f"{a[0]}:{a[1]}", "b": f"{b[0]}:{b[1]}", "subjects": shared,
            "only_a": sorted(set(ua) - set(ub)), "only_b": sorted(set(ub) - set(ua)), "metrics": {}}
     for k in metrics:
-        pairs = [(ma[s][k], mb[s][k]) for s in shared if ma[s][k] is not None and mb[s][k] is not None]
+        pairs = {s: (ma[s][k], mb[s][k]) for s in shared if ma[s][k] is not None and mb[s][k] is not None}
         if not pairs:
             continue
-        diffs = [y - x for x, y in pairs]
-        out["metrics"][k] = {"n": len(pairs), "a": float(np.mean([x for x, _ in pairs])),
-                             "b": float(np.mean([y for _, y in pairs])), "diff": float(np.mean(diffs)),
-                             "diff_ci95": bootstrap_ci(diffs, seed=seed), "b_higher": sum(d > 0 for d in diffs),
-                             "per_subject": {s: round(d, 5) for s, d in zip(shared, diffs)}}
+        diffs = {s: y - x for s, (x, y) in pairs.items()}
+        out["metrics"][k] = {"n": len(pairs), "a": float(np.mean([x for x, _ in pairs.values()])),
+                             "b": float(np.mean([y for _, y in pairs.values()])),
+                             "diff": float(np.mean(list(diffs.values()))),
+                             "diff_ci95": bootstrap_ci(list(diffs.values()), seed=seed),
+                             "b_higher": sum(d > 0 for d in diffs.values()),
+                             "per_subject": {s: round(d, 5) for s, d in diffs.items()}}
     return out
 
 

@@ -216,7 +216,7 @@ class ImageCondition:
     #: Image guidance (beyond the paper, IP-Adapter's way): the first `uncond_rows` rows of a UNet batch of exactly
     #: 2 * uncond_rows are classifier-free guidance's unconditional half, and get the adapters at `uncond_beta`
     #: (0: off) instead of beta, so that guidance pushes towards the photos as well as the prompt. None: every row
-    #: gets beta (the paper). Whoever builds the CFG batch sets uncond_rows (concept.py's encode_prompt wrapper).
+    #: gets beta (the paper). uncond_rows is set per pipeline call by inference.track_guidance.
     uncond_beta: float | None = None
     uncond_rows: int = 0
 
