@@ -311,3 +311,21 @@ def test_units_are_claimed_by_one_process(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_world_bench_with_captions_trains_on_the_scene_captions(tmp_path):
+    from boothkit.cli.main import app
+
+    out = tmp_path / "cap"
+    args = [a for a in BENCH if a not in ("floor,ceiling,lora",)]
+    args[args.index("--methods") + 1:args.index("--methods") + 1] = ["floor,lora"]
+    r = CliRunner().invoke(app, args + ["--captions", "--keep-concepts", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "bench.json").read_text())["protocol"]["captions"] is True
+    meta = json.loads((out / "work" / "concepts" / "lora" / "rat" / "concept.json").read_text())
+    caps = meta["captions"][0]
+    assert len(caps) == 4 and all(" sks animal " in c and "background" in c for c in caps) and len(set(caps)) > 1
+    photos = out / "work" / "photos-captioned" / "lora" / "rat"
+    assert sorted(p.read_text().strip() for p in photos.glob("*.txt")) == sorted(caps)
+    r = CliRunner().invoke(app, args + ["--out", str(out)])  # the same run without captions: another protocol
+    assert r.exit_code == 2 and "another protocol" in r.output

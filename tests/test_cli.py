@@ -1,5 +1,6 @@
 """The command line: generate, world, eval, help, and usage errors that write nothing."""
 
+import json
 import os
 import subprocess
 import sys
@@ -106,3 +107,20 @@ def test_world_references(tmp_path):
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"dog-face-{i:03d}.png" for i in range(3)]
     assert "background" in r.output
+
+
+def test_world_references_with_captions_then_tune_with_them(tmp_path, tiny_model):
+    r = runner.invoke(app, ["world", "references", "dog face", "--out", str(tmp_path / "p"), "-n", "2",
+                            "--captions", "sks face"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [
+        "dog-face-000.png", "dog-face-000.txt", "dog-face-001.png", "dog-face-001.txt"]
+    texts = [(tmp_path / "p" / f"dog-face-00{i}.txt").read_text().strip() for i in range(2)]
+    assert all(" sks face " in t and "background" in t and "dog" not in t for t in texts)
+    r = runner.invoke(app, ["tune", "--method", "lora", "--images", str(tmp_path / "p"), "--class", "face",
+                            "--out", str(tmp_path / "c"), "--steps", "2", "--captions", "--model", tiny_model,
+                            "--set", "validation_images=0", "--set", "checkpoint_every=0"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "c" / "concept.json").read_text())["captions"] == [texts]
+    r = runner.invoke(app, ["world", "references", "dog face", "--out", str(tmp_path / "q"), "--captions", " "])
+    assert r.exit_code != 0 and not (tmp_path / "q").exists()

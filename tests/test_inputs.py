@@ -54,8 +54,12 @@ def test_missing_folder(tmp_path):
 
 
 def test_only_non_images(tmp_path):
-    (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(InputError, match="notes.txt.*not a supported image type"):
+    (tmp_path / "notes.md").write_text("hello")
+    with pytest.raises(InputError, match="notes.md.*not a supported image type"):
+        load_subject_images(tmp_path)
+    (tmp_path / "notes.md").unlink()
+    (tmp_path / "a.txt").write_text("sks dog")  # a caption file is not a photo either
+    with pytest.raises(InputError, match="only 1 caption file"):
         load_subject_images(tmp_path)
 
 
@@ -89,13 +93,13 @@ def test_decompression_bomb(tmp_path):
 def test_bad_files_skipped_with_a_warning_naming_each(tmp_path):
     _photo(tmp_path / "good1.png")
     _photo(tmp_path / "good2.jpg")
-    (tmp_path / "readme.txt").write_text("x")
+    (tmp_path / "readme.md").write_text("x")
     _photo(tmp_path / "tiny.png", size=(10, 10))
     with pytest.warns(UserWarning, match="skipped 2 file") as rec:
         images = load_subject_images(tmp_path)
     assert len(images) == 2
     msg = str(rec[0].message)
-    assert "readme.txt" in msg and "tiny.png" in msg
+    assert "readme.md" in msg and "tiny.png" in msg
 
 
 def test_too_many_photos(tmp_path):

@@ -1,11 +1,17 @@
-"""The denoising loss, the per-step data, and the resize augmentation."""
+"""The denoising loss (and its Min-SNR / offset-noise options), the lr schedules, the per-step data, and the resize
+augmentation."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+import torch.nn.functional as F
 
+from boothkit.inputs import InputError
+from boothkit.training.config import LR_SCHEDULERS, TrainConfig
 from boothkit.training.data import ImageSet, random_resize, step_generator, with_size_word
-from boothkit.training.loss import denoising_loss
+from boothkit.training.loop import lr_at
+from boothkit.training.loss import denoising_loss, min_snr_weights
 
 
 class _EchoUNet(torch.nn.Module):
@@ -17,6 +23,24 @@ class _EchoUNet(torch.nn.Module):
 
     def forward(self, x, t, cond):
         return type("Out", (), {"sample": self.pred})()
+
+
+class _RecordingUNet(torch.nn.Module):
+    """Predicts zeros and keeps the noisy input it was given (what the forward process made)."""
+
+    def forward(self, x, t, cond):
+        self.seen_x, self.seen_t = x.clone(), t.clone()
+        return type("Out", (), {"sample": torch.zeros_like(x)})()
+
+
+def _tiny_unet():
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=8, norm_num_groups=8).eval()
 
 
 def _scheduler(kind):
@@ -79,3 +103,125 @@ def test_image_set_samples_are_deterministic():
     assert s.pixels.shape == (4, 3, 64, 64)
     a = s.sample(3, step_generator(1, 2))
     assert torch.equal(a, s.sample(3, step_generator(1, 2)))
+
+
+# --- Min-SNR-gamma and offset noise ------------------------------------------------------------------------------
+
+def test_defaults_keep_the_draws_and_the_loss():
+    """With snr_gamma = noise_offset = 0 (passed or not) the loss is the plain L_simple of a real UNet, bit for bit,
+    and the generator is left where noise + timesteps leave it (later draws of the step are unchanged too)."""
+    unet, sched = _tiny_unet(), _scheduler("epsilon")
+    x0, cond = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32)
+    g_ref = step_generator(0, 3)
+    noise = torch.randn(x0.shape, generator=g_ref)  # the computation before the options existed
+    t = torch.randint(0, 1000, (2,), generator=g_ref)
+    with torch.no_grad():
+        pred = unet(sched.add_noise(x0, noise, t), t, cond).sample
+        want = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+        for kwargs in ({}, {"snr_gamma": 0.0, "noise_offset": 0.0}):
+            g = step_generator(0, 3)
+            got = denoising_loss(unet, sched, x0, cond, g, **kwargs)
+            assert torch.equal(got, want), kwargs
+            assert torch.equal(g.get_state(), g_ref.get_state()), kwargs
+
+
+def test_min_snr_weights_are_the_papers_for_each_prediction_type():
+    t = torch.tensor([0, 10, 250, 500, 999])
+    for kind in ("epsilon", "v_prediction", "sample"):
+        sched = _scheduler(kind)
+        ab = sched.alphas_cumprod[t].double()
+        snr = ab / (1 - ab)  # SNR(t) = alpha_bar / (1 - alpha_bar)
+        capped = torch.minimum(snr, torch.full_like(snr, 5.0))
+        want = {"epsilon": capped / snr, "v_prediction": capped / (snr + 1), "sample": capped}[kind]
+        got = min_snr_weights(sched, t, 5.0)
+        assert got.shape == (5,) and torch.allclose(got.double(), want, rtol=1e-5), kind
+    eps = min_snr_weights(_scheduler("epsilon"), t, 5.0)
+    assert eps[0] < 0.01 and eps[-1] == 1.0  # low noise (SNR >> 5) is capped; high noise keeps weight 1
+
+
+def test_min_snr_multiplies_each_examples_loss_by_its_weight():
+    x0 = torch.randn(3, 4, 8, 8)
+    for kind in ("epsilon", "v_prediction"):
+        sched = _scheduler(kind)
+        plain = denoising_loss(_RecordingUNet(), sched, x0, torch.zeros(3, 3, 5), step_generator(1, 2))
+        unet = _RecordingUNet()
+        weighted = denoising_loss(unet, sched, x0, torch.zeros(3, 3, 5), step_generator(1, 2), snr_gamma=5.0)
+        g = step_generator(1, 2)
+        torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, 1000, (3,), generator=g)
+        assert torch.equal(unet.seen_t, t)  # Min-SNR draws nothing: same timesteps
+        assert torch.allclose(weighted, plain * min_snr_weights(sched, t, 5.0), rtol=1e-6), kind
+        assert not torch.allclose(weighted, plain), kind
+
+
+def test_noise_offset_adds_one_constant_per_example_and_channel():
+    """x0 = 0 makes x_t = sqrt(1 - alpha_bar_t) eps: the offset run's noise minus the plain run's is a drawn
+    [B, C, 1, 1] constant times noise_offset, drawn after the timesteps; the offset noise is also the target."""
+    sched = _scheduler("epsilon")
+    x0, cond = torch.zeros(2, 4, 8, 8), torch.zeros(2, 3, 5)
+    plain, offset = _RecordingUNet(), _RecordingUNet()
+    denoising_loss(plain, sched, x0, cond, step_generator(0, 5))
+    loss = denoising_loss(offset, sched, x0, cond, step_generator(0, 5), noise_offset=0.1)
+    assert torch.equal(plain.seen_t, offset.seen_t)
+    sigma = (1 - sched.alphas_cumprod[plain.seen_t]).sqrt().view(2, 1, 1, 1)
+    diff = (offset.seen_x - plain.seen_x) / sigma  # [2, 4, 8, 8]
+    g = step_generator(0, 5)
+    noise = torch.randn(x0.shape, generator=g)
+    torch.randint(0, 1000, (2,), generator=g)
+    drawn = torch.randn(2, 4, 1, 1, generator=g)  # the third draw of the step
+    assert torch.allclose(diff, (0.1 * drawn).expand_as(diff), atol=1e-5)
+    assert torch.allclose(loss, ((noise + 0.1 * drawn) ** 2).mean(dim=(1, 2, 3)), atol=1e-6)
+
+
+# --- learning-rate schedules ------------------------------------------------------------------------------------
+
+def test_constant_schedule_is_the_old_warmup_then_constant():
+    cfg = TrainConfig(steps=10, lr=1e-3, lr_warmup=4)
+    assert [lr_at(cfg, s) for s in range(10)] == [1e-3 * (s + 1) / 4 for s in range(4)] + [1e-3] * 6
+
+
+@pytest.mark.parametrize("name,extra", [("cosine", {}), ("linear", {}), ("constant_with_warmup", {}),
+                                        ("cosine_with_restarts", {"lr_num_cycles": 2}),
+                                        ("polynomial", {"lr_power": 2.0})])
+def test_lr_at_is_diffusers_schedule_stepping_a_real_optimizer(name, extra):
+    from diffusers.optimization import get_scheduler
+
+    cfg = TrainConfig(steps=12, lr=2e-4, lr_warmup=3, lr_scheduler=name, **extra)
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([p], lr=cfg.lr)
+    sched = get_scheduler(name, opt, num_warmup_steps=3, num_training_steps=12,
+                          num_cycles=cfg.lr_num_cycles, power=cfg.lr_power)
+    for step in range(cfg.steps):  # the lr diffusers' scripts train step `step` with
+        assert lr_at(cfg, step) == opt.param_groups[0]["lr"], step
+        p.grad = torch.ones(2)
+        opt.step()
+        sched.step()
+
+
+def test_cosine_warms_up_then_decays_to_about_zero():
+    cfg = TrainConfig(steps=20, lr=1e-4, lr_warmup=5, lr_scheduler="cosine")
+    lrs = [lr_at(cfg, s) for s in range(cfg.steps)]
+    assert lrs[:6] == pytest.approx([0, 2e-5, 4e-5, 6e-5, 8e-5, 1e-4])  # diffusers' warm-up: lr * step / warmup
+    assert all(a > b for a, b in zip(lrs[5:], lrs[6:]))  # then strictly decreasing
+    assert 0 < lrs[-1] < 0.02 * cfg.lr
+
+
+def test_lr_scheduler_names_are_diffusers():
+    from diffusers.optimization import SchedulerType
+
+    assert set(LR_SCHEDULERS) == {s.value for s in SchedulerType} - {"piecewise_constant"}
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"lr_scheduler": "cosine_annealing"}, "lr_scheduler must be one of .*cosine_with_restarts"),
+    ({"lr_scheduler": "piecewise_constant"}, "lr_scheduler must be one of"),
+    ({"lr_num_cycles": 0}, "lr_num_cycles"),
+    ({"lr_power": 0.0}, "lr_power"),
+    ({"lr_scheduler": "polynomial", "lr": 1e-8}, "polynomial"),
+    ({"snr_gamma": -1.0}, "snr_gamma must be >= 0"),
+    ({"noise_offset": -0.05}, "noise_offset must be >= 0"),
+    ({"snr_gamma": "5"}, "snr_gamma must be float"),
+])
+def test_bad_training_options_are_input_errors(bad, match):
+    with pytest.raises(InputError, match=match):
+        TrainConfig.from_dict(bad)

@@ -45,6 +45,42 @@ def test_resume_after_a_kill_gives_the_same_weights(tmp_path, tiny_model, subjec
     assert not (tmp_path / ".resumed.train").exists()  # cleaned after success
 
 
+#: the diffusers-script options together: a decaying schedule (with diffusers' lr 0 first step), Min-SNR, offset noise
+OPTIONS = {**CFG, "lr_scheduler": "cosine", "lr_warmup": 1, "snr_gamma": 5.0, "noise_offset": 0.1}
+
+
+def test_resume_with_cosine_min_snr_and_offset_noise_gives_the_same_weights(tmp_path, tiny_model, subject_photos):
+    full = tune("lora", subject_photos, "animal", tmp_path / "full", model=tiny_model, steps=4, config=OPTIONS)
+    out = tmp_path / "resumed"
+    with pytest.raises(Kill):
+        tune("lora", subject_photos, "animal", out, model=tiny_model, steps=4, config=OPTIONS, on_step=_killer(3))
+    tune("lora", subject_photos, "animal", out, model=tiny_model, steps=4, config=OPTIONS, resume=True)
+    meta = json.loads((out / "concept.json").read_text())
+    assert meta["training"]["first_step"] == 2
+    assert {k: meta["config"][k] for k in ("lr_scheduler", "snr_gamma", "noise_offset", "lr_num_cycles",
+                                           "lr_power")} == {"lr_scheduler": "cosine", "snr_gamma": 5.0,
+                                                            "noise_offset": 0.1, "lr_num_cycles": 1, "lr_power": 1.0}
+    a = load_file(str(full / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the loss options reach the training loss: without them (same schedule) the weights differ
+    plain = {**OPTIONS, "snr_gamma": 0.0, "noise_offset": 0.0}
+    c = load_file(str(tune("lora", subject_photos, "animal", tmp_path / "plain", model=tiny_model, steps=4,
+                           config=plain) / "pytorch_lora_weights.safetensors"))
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_resume_refuses_other_steps_with_a_decaying_schedule(tmp_path, tiny_model, subject_photos):
+    """--steps is not part of a run's identity (a constant-lr run may go on longer), but cosine is spread over it."""
+    out = tmp_path / "c"
+    cfg = {**CFG, "lr_scheduler": "cosine"}
+    with pytest.raises(Kill):
+        tune("lora", subject_photos, "animal", out, model=tiny_model, steps=4, config=cfg, on_step=_killer(2))
+    with pytest.raises(TrainingError, match=r"lr_scheduler=cosine over 4 steps, this run asks for 6"):
+        tune("lora", subject_photos, "animal", out, model=tiny_model, steps=6, config=cfg, resume=True)
+
+
 def test_resume_refuses_a_different_run(tmp_path, tiny_model, subject_photos):
     out = tmp_path / "c"
     with pytest.raises(Kill):

@@ -90,8 +90,50 @@ def load_subject_images(images: str | Path | list, min_images: int = 1, max_imag
     """A folder of photos (or a list of files) -> RGB images, sorted by file name.
 
     Bad files are skipped with one warning naming each of them, as long as at least `min_images` good ones remain;
-    otherwise an InputError lists every problem.
+    otherwise an InputError lists every problem. Caption files (`.txt`, see `load_captioned_images`) are not
+    photos: they are left out, with a warning that says how to train with them.
     """
+    return [im for _, im in _subject_files(images, min_images, max_images, min_side, max_pixels, captions=False)]
+
+
+CAPTION_EXT = ".txt"
+
+
+def load_captioned_images(images: str | Path | list, token: str, min_images: int = 1, max_images: int = MAX_IMAGES,
+                          min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS
+                          ) -> tuple[list[Image.Image], list[str]]:
+    """Photos with their captions, kohya's way: `photo.png` is trained with the text of `photo.txt` beside it.
+
+    Every photo needs a caption, and every caption must name the subject by its identifier (`token`, e.g. "sks",
+    as a word of its own: "sks dog, on a beach" or "a photo of sks dog on a beach"); otherwise an InputError lists
+    each photo that lacks one. Lines are joined with spaces. -> (images, captions), in file-name order.
+    """
+    import re
+
+    pairs = _subject_files(images, min_images, max_images, min_side, max_pixels, captions=True)
+    word = re.compile(rf"(?<![\w<>]){re.escape(token)}(?![\w<>])")
+    captions, problems = [], []
+    for f, _ in pairs:
+        txt = f.with_suffix(CAPTION_EXT)
+        if not txt.is_file():
+            problems.append(f"{f.name}: no caption file {txt.name}")
+            continue
+        try:
+            text = " ".join(txt.read_text(encoding="utf-8").split())
+        except (OSError, UnicodeDecodeError) as e:
+            problems.append(f"{txt.name}: not readable as UTF-8 text ({e})")
+            continue
+        if not word.search(text):
+            problems.append(f"{txt.name}: {text[:60]!r} does not name the subject by its identifier {token!r}")
+        captions.append(text)
+    if problems:
+        raise InputError("--captions: every photo needs a caption file that names the subject by its identifier "
+                         f"({token!r}):\n  " + "\n  ".join(problems))
+    return [im for _, im in pairs], captions
+
+
+def _subject_files(images, min_images, max_images, min_side, max_pixels, captions: bool) -> list[tuple]:
+    """-> [(file, RGB image)] of the usable photos, sorted by file name (see load_subject_images)."""
     if isinstance(images, (list, tuple)):
         files = [Path(p) for p in images]
         where = "the given files"
@@ -104,12 +146,18 @@ def load_subject_images(images: str | Path | list, min_images: int = 1, max_imag
             files = [folder]
         else:
             files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    texts = [f for f in files if f.suffix.lower() == CAPTION_EXT]
+    files = [f for f in files if f.suffix.lower() != CAPTION_EXT]
+    if texts and not captions:
+        warnings.warn(f"--images {where}: {len(texts)} caption file(s) ({CAPTION_EXT}) left out; pass --captions to "
+                      "train with them", stacklevel=3)
     if not files:
-        raise InputError(f"--images {where}: the folder is empty (put 1-{max_images} photos of the subject in it)")
+        what = f"holds only {len(texts)} caption file(s) ({CAPTION_EXT}), no photo" if texts else "the folder is empty"
+        raise InputError(f"--images {where}: {what} (put 1-{max_images} photos of the subject in it)")
     good, skipped = [], []
     for f in files:
         try:
-            good.append(load_image(f, min_side=min_side, max_pixels=max_pixels))
+            good.append((f, load_image(f, min_side=min_side, max_pixels=max_pixels)))
         except InputError as e:
             skipped.append(Skipped(f, str(e)))
     if len(good) < min_images:
@@ -119,7 +167,7 @@ def load_subject_images(images: str | Path | list, min_images: int = 1, max_imag
         raise InputError(f"--images {where}: {len(good)} photos; use at most {max_images}")
     if skipped:
         warnings.warn("skipped " + str(len(skipped)) + " file(s):\n  " + "\n  ".join(s.reason for s in skipped),
-                      stacklevel=2)
+                      stacklevel=3)
     return good
 
 

@@ -45,6 +45,7 @@ class BenchConfig:
     keep_concepts: bool = False
     progress: bool = True
     report_only: bool = False  #: write the report from the finished units; run nothing
+    captions: bool = False  #: training methods train with the references' scene captions (tune --captions)
     command: str | None = None  #: the command line, written into the results
     commands: list = field(default_factory=list)  #: every command that ran into this --out (from bench.json)
 
@@ -77,7 +78,8 @@ def check_methods(methods: list[str]) -> list[str]:
 
 def _protocol(cfg: BenchConfig, preset: P.Preset, model_hash: str) -> dict:
     proto = {"preset": preset.to_dict(), "model": cfg.model, "model_hash": model_hash,
-             "tune_steps_override": cfg.tune_steps, "schema_version": SCHEMA_VERSION}
+             "tune_steps_override": cfg.tune_steps, "schema_version": SCHEMA_VERSION,
+             **({"captions": True} if cfg.captions else {})}  # absent when off: older runs keep their protocol
     return json.loads(json.dumps(proto))  # as it reads back from bench.json (tuples -> lists)
 
 
@@ -90,6 +92,35 @@ def recipes(cfg: BenchConfig) -> dict:
             out[m] = {**METHODS[m].config().to_dict(), **cfg.method_config.get(m, {}),
                       **({"steps": cfg.tune_steps} if cfg.tune_steps else {})}
     return json.loads(json.dumps(out))
+
+
+def _trains(method: str) -> bool:
+    from ..methods import METHODS
+
+    return method in METHODS and METHODS[method].recipe is not None
+
+
+def _captioned_photos(out: Path, method: str, concept: Concept, n: int) -> Path:
+    """The same reference photos, each with its scene caption naming the subject as the method's prompts do
+    ("a large sks animal in the center on a red background")."""
+    from ..methods import METHODS
+    from ..world.references import render_references
+
+    folder = out / "work" / "photos-captioned" / method / concept.slug
+    if folder.exists():
+        return folder
+    images, scenes = render_references(concept, n=n, seed=0,
+                                       caption_name=f"{METHODS[method].default_identifier} {concept.cls}")
+    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for i, (im, scene) in enumerate(zip(images, scenes)):
+        im.save(tmp / f"{i:02d}.png")
+        (tmp / f"{i:02d}.txt").write_text(scene.caption + "\n", encoding="utf-8")
+    try:
+        tmp.replace(folder)
+    except OSError:  # another process wrote the same (deterministic) files first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def unit_path(out: Path, method: str, concept: Concept) -> Path:
@@ -152,7 +183,7 @@ def run_world(cfg: BenchConfig) -> dict:
     base = None
     ctx = RunContext(model=cfg.model, device=cfg.device, steps=preset.sample_steps, guidance=preset.guidance,
                      work=out / "work", tune_steps=cfg.tune_steps, method_config=cfg.method_config,
-                     keep_concepts=cfg.keep_concepts)
+                     keep_concepts=cfg.keep_concepts, captions=cfg.captions)
     prompts = [P.PROMPTS[k] for k in preset.prompts]
     units = [(m, s) for s in subjects for m in cfg.methods]  # this run's methods; the report covers all of them
     if cfg.report_only:
@@ -177,6 +208,8 @@ def run_world(cfg: BenchConfig) -> dict:
                 tmp.replace(photos_dir)
             except OSError:  # another process wrote the same (deterministic) photos first
                 shutil.rmtree(tmp, ignore_errors=True)
+        if cfg.captions and _trains(method):
+            photos_dir = _captioned_photos(out, method, concept, preset.n_references)
         refs = scorer.refs(concept, from_pil(photos))
         plan = P.SubjectPlan(concept, P.companion(concept), P.others(concept))
         if base is None and method != "ceiling":

@@ -42,6 +42,7 @@ class RunContext:
     method_config: dict = field(default_factory=dict)  #: per-method config overrides {"lora": {"rank": 8}}
     keep_concepts: bool = False
     progress: Callable | None = None  #: progress(step, total) of a training run
+    captions: bool = False  #: training methods train with the caption files beside the photos
 
 
 @dataclass
@@ -108,7 +109,7 @@ def tune_method(method: str, ctx: RunContext, concept, photos_dir: Path) -> Pers
     with PeakMemory(device=ctx.device) as mem:
         with Timer() as t_tune:
             tune(method, photos_dir, concept.cls, out, model=ctx.model, steps=ctx.tune_steps, config=cfg,
-                 resume=resume, progress=ctx.progress, device=ctx.device)
+                 resume=resume, progress=ctx.progress, device=ctx.device, captions=ctx.captions and trains)
         with Timer() as t_first:
             meta = json.loads((out / "concept.json").read_text())
             pipe = apply_concepts(_load(ctx), [out])

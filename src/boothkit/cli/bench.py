@@ -85,6 +85,9 @@ def bench(
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
     report_only: bool = typer.Option(False, "--report-only",
                                      help="Rewrite the report from the finished units in --out; run nothing."),
+    captions: bool = typer.Option(False, "--captions", help="World protocol: the training methods train each "
+                                  "reference photo with its scene caption (tune --captions), the subject named by the "
+                                  "method's identifier and class; a separate protocol (its own --out)."),
     model: str = MODEL,
 ):
     """Benchmark personalisation methods: identity, prompt fidelity, drift and cost, with tables, plots, grids."""
@@ -95,6 +98,8 @@ def bench(
         raise typer.BadParameter("--quick, --full and --val exclude each other")
     dev = str(pick_device(device))
     try:
+        if dreambench and captions:
+            raise InputError("--captions is for the world protocol (its references have scene captions)")
         if dreambench:
             from ..bench.dreambench import DreamBenchConfig, run_dreambench
 
@@ -121,7 +126,7 @@ def bench(
                               subjects_per_class=_classes(subjects),
                               prompts=prompts.split(",") if prompts else None, seeds=_ints(seeds),
                               sample_steps=sample_steps, keep_concepts=keep_concepts, progress=not no_progress,
-                              report_only=report_only,
+                              report_only=report_only, captions=captions,
                               command=_command(ctx))
             results = run_world(cfg)
     except (InputError, ValueError) as e:

@@ -41,6 +41,9 @@ def tune(
     concept: list[str] = typer.Option(None, "--concept",
                                       help="More subjects trained jointly (custom only): IMAGES_DIR=CLASS, repeatable."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint of this run."),
+    captions: bool = typer.Option(False, "--captions", help="Train each photo with the caption file beside it "
+                                  "(photo.txt, naming the subject by its identifier, kohya's way) instead of "
+                                  "'a photo of <identifier> <class>'."),
     show_config: bool = typer.Option(False, "--show-config", help="Print the method's default config and exit."),
     model: str = MODEL,
 ):
@@ -72,7 +75,7 @@ def tune(
             d, cls = c.rsplit("=", 1)
             subjects.append((d, cls))
         path = run_tune(method, images, class_noun, out, model=model, steps=steps, identifier=identifier,
-                        config=cfg, resume=resume, subjects=subjects or None)
+                        config=cfg, resume=resume, subjects=subjects or None, captions=captions)
     except (InputError, TrainingError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2)

@@ -52,22 +52,29 @@ def references(
     out: str = typer.Option(..., "--out", "-o", help="Folder for the reference PNGs."),
     n: int = typer.Option(5, "-n", help="How many references."),
     seed: int = typer.Option(0, "--seed"),
+    captions: str = typer.Option(None, "--captions", help="Also write each photo's caption as NAME.txt, calling the "
+                                 "subject this (e.g. 'sks animal'), for `boothkit tune --captions`."),
 ):
     """Render n reference photos of a concept in varied backgrounds, sizes and positions (subject photos).
 
-    Only the PNGs are written, so the folder can be given to `boothkit tune --images` as it is."""
+    Only the PNGs are written (and, with --captions, a caption file per photo), so the folder can be given to
+    `boothkit tune --images` as it is."""
     from ..generate import UsageError, write_png, prepare_out
     from ..world.references import render_references
     from ..world.concepts import get
 
     if n < 1:
         raise UsageError("-n must be at least 1")
+    if captions is not None and not captions.strip():
+        raise UsageError("--captions needs the words that name the subject, e.g. 'sks animal'")
     try:
         c = get(concept)
     except KeyError as e:
         raise UsageError(str(e.args[0])) from None
     out_dir = prepare_out(out)
-    images, scenes = render_references(c, n=n, seed=seed)
+    images, scenes = render_references(c, n=n, seed=seed, caption_name=captions.strip() if captions else None)
     for i, (im, scene) in enumerate(zip(images, scenes)):
         path = write_png(im, out_dir / f"{c.slug}-{i:03d}.png")
+        if captions:
+            path.with_suffix(".txt").write_text(scene.caption + "\n", encoding="utf-8")
         typer.echo(f"{path}\t{scene.caption}")

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Callable
 
 from .. import __version__
-from ..inputs import CONCEPT_FILE, InputError, check_out, load_subject_images, read_concept, staged_folder
+from ..inputs import (CONCEPT_FILE, InputError, check_out, load_captioned_images, load_subject_images,
+                      read_concept, staged_folder)
 from ..training.data import ImageSet
 from ..training.recipe import Subject
 
@@ -47,12 +48,15 @@ def _photos_hash(images: list) -> str:
 def tune(method: str, images, class_noun: str, out, *, model: str = "world", steps: int | None = None,
          identifier: str | None = None, config: dict | None = None, resume: bool = False,
          progress: Callable[[int, int], None] | None = None, subjects: list[tuple] | None = None,
-         on_step: Callable[[int, float], None] | None = None, device: str | None = "cpu") -> Path:
+         on_step: Callable[[int, float], None] | None = None, device: str | None = "cpu",
+         captions: bool = False) -> Path:
     """Personalise `model` on the photos in `images`; write a concept folder at `out`; return its path.
 
     subjects: more (images, class_noun) pairs trained jointly (methods with multi_concept, i.e. Custom Diffusion);
     each gets its own token (<new1>, <new2>, ...). device: where the pipeline is loaded before accelerate moves
-    it (accelerate picks the training device).
+    it (accelerate picks the training device). captions: train each photo with the caption file beside it
+    (`photo.txt`, naming the subject by its token; inputs.load_captioned_images) instead of DreamBooth's one
+    prompt "a photo of <token> <class>"; the class images of prior preservation keep their class prompt.
     """
     from ..pipeline import load_pipeline, model_hash
     from ..training.loop import cpu_only, train
@@ -68,7 +72,14 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
     pairs = [(images, class_noun)] + list(subjects or [])
     if len(pairs) > 1 and not spec.multi_concept:
         raise InputError(f"method {method!r} trains one subject at a time (several: --method custom)")
-    photo_sets = [load_subject_images(imgs) for imgs, _ in pairs]  # raises InputError before anything is written
+    tokens = _tokens(spec, identifier, len(pairs))
+    if captions and spec.encode is not None:
+        raise InputError(f"--captions: {method} trains nothing (it encodes the photos), so captions have no use")
+    if captions:  # raises InputError before anything is written
+        photo_sets, caption_sets = map(list, zip(*(load_captioned_images(imgs, tok)
+                                                   for (imgs, _), tok in zip(pairs, tokens))))
+    else:
+        photo_sets, caption_sets = [load_subject_images(imgs) for imgs, _ in pairs], [None] * len(pairs)
 
     from accelerate import PartialState
 
@@ -76,14 +87,13 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
     pipe = load_pipeline(model, device=device, dtype="fp32", progress=False)
     base_hash = model_hash(model)
     size = getattr(cfg, "resolution", None) or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
-    tokens = _tokens(spec, identifier, len(pairs))
     if spec.encode is not None:  # an encoder method: no training loop, no work dir
         if not state.is_main_process:
             return out
         return _encode_concept(spec, pipe, photo_sets[0], class_noun, tokens, cfg, out, model, base_hash, size,
                                progress)
     subs = []
-    for (imgs, cls), photos, token in zip(pairs, photo_sets, tokens):
+    for (imgs, cls), photos, token, caps in zip(pairs, photo_sets, tokens, caption_sets):
         prior = None
         if spec.uses_prior(cfg):
             from .class_images import class_images
@@ -92,12 +102,13 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
             with state.main_process_first():  # the main process fills the cache, the others read it
                 imgs_c = class_images(pipe, base_hash, pp, cfg.num_class_images, cfg.class_sample_steps)
             prior = ImageSet.from_images(imgs_c, size, pp)
-        subs.append(Subject(ImageSet.from_images(photos, size, instance_prompt(token, cls)), cls, token, prior))
+        subs.append(Subject(ImageSet.from_images(photos, size, instance_prompt(token, cls), caps), cls, token, prior))
 
     # what decides the weights after step k (so a resume may change --steps or the checkpoint/validation cadence)
     trajectory = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_TRAJECTORY}
     run_info = {"method": method, "model_hash": base_hash, "config": trajectory, "tokens": tokens,
-                "classes": [c for _, c in pairs], "photos": [_photos_hash(p) for p in photo_sets]}
+                "classes": [c for _, c in pairs], "photos": [_photos_hash(p) for p in photo_sets],
+                **({"captions": caption_sets} if captions else {})}
     work = work_dir_for(out)
     if state.is_main_process:
         if not resume and work.exists():
@@ -123,6 +134,8 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
                     "final_loss": stats["losses"][-1] if stats["losses"] else None}
         meta = _concept_meta(method, model, base_hash, tokens, class_noun, [c for _, c in pairs], size, cfg, saved,
                              training)
+        if captions:
+            meta["captions"] = caption_sets  #: per subject, the caption of each photo in file-name order
         (staged / CONCEPT_FILE).write_text(json.dumps(meta, indent=1))
     if not cfg.keep_training_state:
         shutil.rmtree(work, ignore_errors=True)

@@ -8,6 +8,11 @@ from dataclasses import dataclass, fields
 from ..inputs import InputError
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+#: learning-rate schedules: diffusers.optimization.SchedulerType's values (piecewise_constant, which needs a rule
+#: string, left out). Named here so importing a config does not import diffusers; a test checks the names.
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+#: the learning rate diffusers' polynomial schedule decays to (get_polynomial_decay_schedule_with_warmup's lr_end)
+POLYNOMIAL_LR_END = 1e-7
 
 
 class DictConfig:
@@ -27,6 +32,8 @@ class DictConfig:
                 want = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
                 if isinstance(v, bool) and f.type in ("int", "float") or not isinstance(v, want):
                     raise InputError(f"config: {f.name} must be {f.type} (got {v!r})")
+                if f.type == "float":
+                    d[f.name] = float(v)  # `--set snr_gamma=5` and 5.0 are one run (resume compares configs)
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -40,10 +47,18 @@ class TrainConfig(DictConfig):
     steps: int = 200  #: optimizer steps
     lr: float = 1e-4  #: AdamW learning rate
     lr_warmup: int = 0  #: linear warm-up steps
+    #: constant (after the warm-up, lr * (step + 1) / lr_warmup), or a diffusers schedule over `steps`, as diffusers'
+    #: training scripts' --lr_scheduler (their warm-up is lr * step / lr_warmup): constant_with_warmup, linear,
+    #: cosine, cosine_with_restarts, polynomial
+    lr_scheduler: str = "constant"
+    lr_num_cycles: int = 1  #: hard restarts of cosine_with_restarts (diffusers' --lr_num_cycles)
+    lr_power: float = 1.0  #: power of the polynomial decay (diffusers' --lr_power)
     batch_size: int = 1  #: subject images per micro-batch (prior/regularisation images are added on top)
     grad_accum: int = 1  #: micro-batches per optimizer step
     weight_decay: float = 1e-2  #: AdamW weight decay
     max_grad_norm: float = 1.0  #: gradient clipping (0 = off)
+    snr_gamma: float = 0.0  #: Min-SNR-gamma loss weighting, Hang et al. 2023 (arXiv 2303.09556); 5.0 is usual; 0 = off
+    noise_offset: float = 0.0  #: offset noise (Guttenberg 2023): noise += noise_offset * N(0, 1) per image and channel
     seed: int = 0  #: decides every random choice of the run (data, augmentation, noise, timesteps)
     resolution: int = 0  #: training image side in pixels (0 = the model's native size)
     flip: bool = True  #: random left-right flips of the photos
@@ -69,6 +84,14 @@ class TrainConfig(DictConfig):
         need(self.steps >= 1, f"steps must be at least 1 (got {self.steps})")
         need(self.lr > 0, f"lr must be positive (got {self.lr})")
         need(self.lr_warmup >= 0, "lr_warmup must be >= 0")
+        need(self.lr_scheduler in LR_SCHEDULERS,
+             f"lr_scheduler must be one of {LR_SCHEDULERS} (got {self.lr_scheduler!r})")
+        need(self.lr_num_cycles >= 1, f"lr_num_cycles must be at least 1 (got {self.lr_num_cycles})")
+        need(self.lr_power > 0, f"lr_power must be positive (got {self.lr_power})")
+        need(self.lr_scheduler != "polynomial" or self.lr > POLYNOMIAL_LR_END,
+             f"lr_scheduler polynomial decays to {POLYNOMIAL_LR_END}: lr must be above it (got {self.lr})")
+        need(self.snr_gamma >= 0, f"snr_gamma must be >= 0 (0 = off; got {self.snr_gamma})")
+        need(self.noise_offset >= 0, f"noise_offset must be >= 0 (0 = off; got {self.noise_offset})")
         need(self.batch_size >= 1, f"batch_size must be at least 1 (got {self.batch_size})")
         need(self.grad_accum >= 1, f"grad_accum must be at least 1 (got {self.grad_accum})")
         need(self.weight_decay >= 0, "weight_decay must be >= 0")

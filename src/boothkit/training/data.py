@@ -33,26 +33,42 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
 
 @dataclass
 class ImageSet:
-    """Square training images of one concept (subject photos, or class/regularisation images) and their prompt."""
+    """Square training images of one concept (subject photos, or class/regularisation images) and their prompt
+    (one for all, as DreamBooth trains), or one caption per image (`captions`, kohya's caption files)."""
 
     pixels: torch.Tensor  #: [N, 3, S, S] in [-1, 1]
     prompt: str  #: e.g. "a photo of sks dog"
+    captions: list[str] | None = None  #: per image, used instead of `prompt` when given
 
     @classmethod
-    def from_images(cls, images: list[Image.Image], size: int, prompt: str) -> "ImageSet":
-        return cls(to_tensor([center_square(im, size) for im in images]), prompt)
+    def from_images(cls, images: list[Image.Image], size: int, prompt: str,
+                    captions: list[str] | None = None) -> "ImageSet":
+        if captions is not None and len(captions) != len(images):
+            raise ValueError(f"{len(captions)} captions for {len(images)} images")
+        return cls(to_tensor([center_square(im, size) for im in images]), prompt, captions)
 
     def __len__(self) -> int:
         return self.pixels.shape[0]
 
+    def map_prompts(self, fn) -> None:
+        """Rewrite the prompt and every caption (e.g. multi-vector Textual Inversion's token expansion)."""
+        self.prompt = fn(self.prompt)
+        if self.captions is not None:
+            self.captions = [fn(c) for c in self.captions]
+
     def sample(self, n: int, g: torch.Generator, flip: bool = True) -> torch.Tensor:
         """n images drawn with replacement, each flipped left-right with p = 0.5 -> [n, 3, S, S]."""
+        return self.sample_with_prompts(n, g, flip)[0]
+
+    def sample_with_prompts(self, n: int, g: torch.Generator, flip: bool = True) -> tuple[torch.Tensor, list[str]]:
+        """As `sample` (the same draws), with each drawn image's prompt: its caption, or the shared prompt."""
         idx = torch.randint(0, len(self), (n,), generator=g)
         x = self.pixels[idx].clone()
         if flip:
             f = torch.rand(n, generator=g) < 0.5
             x[f] = x[f].flip(-1)
-        return x
+        prompts = [self.captions[i] for i in idx.tolist()] if self.captions is not None else [self.prompt] * n
+        return x, prompts
 
 
 def random_resize(x: torch.Tensor, g: torch.Generator, latent_factor: int, lo: float = 0.4, hi: float = 1.4):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import json
@@ -55,10 +56,35 @@ def fingerprint(d: dict) -> str:
 
 
 def lr_at(cfg, step: int) -> float:
-    """Constant learning rate after a linear warm-up (a pure function of the step, so resume is exact)."""
-    if cfg.lr_warmup and step < cfg.lr_warmup:
-        return cfg.lr * (step + 1) / cfg.lr_warmup
-    return cfg.lr
+    """The learning rate of optimizer step `step` (0-based): a pure function of the step, so resume is exact.
+
+    constant: linear warm-up lr * (step + 1) / lr_warmup, then lr. The other cfg.lr_scheduler names are diffusers'
+    schedules (diffusers.optimization.get_scheduler) over cfg.steps, read at the step: the lr a diffusers training
+    script uses at that step when it calls lr_scheduler.step() after every optimizer step.
+    """
+    if cfg.lr_scheduler == "constant":
+        if cfg.lr_warmup and step < cfg.lr_warmup:
+            return cfg.lr * (step + 1) / cfg.lr_warmup
+        return cfg.lr
+    factor = _diffusers_schedule(cfg.lr_scheduler, cfg.lr, cfg.lr_warmup, cfg.steps, cfg.lr_num_cycles, cfg.lr_power)
+    return cfg.lr * factor(step)  # what LambdaLR computes: base lr * lr_lambda(step)
+
+
+@functools.lru_cache(maxsize=16)
+def _diffusers_schedule(name: str, lr: float, warmup: int, steps: int, num_cycles: int, power: float):
+    """The multiplier lr_lambda(step) of diffusers' schedule `name`, built once on a throw-away optimizer (the
+    polynomial schedule reads its lr from the optimizer, so it gets the run's)."""
+    from diffusers.optimization import get_scheduler
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    sched = get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=steps, num_cycles=num_cycles,
+                          power=power)
+    return sched.lr_lambdas[0]
+
+
+def lr_depends_on_steps(cfg) -> bool:
+    """Whether the schedule is spread over cfg.steps (then a resumed run must keep --steps)."""
+    return cfg.lr_scheduler not in ("constant", "constant_with_warmup")
 
 
 def train(recipe, cfg, work_dir: str | Path, *, resume: bool = False, run_info: dict | None = None,
@@ -103,6 +129,8 @@ def train(recipe, cfg, work_dir: str | Path, *, resume: bool = False, run_info: 
     *wrapped, opt = prepared if isinstance(prepared, (tuple, list)) else (prepared,)
     recipe._wrapped = dict(zip(recipe.train_modules, wrapped))
 
+    # the run id leaves out --steps (a constant-lr run may be resumed with more); a schedule over the steps may not
+    schedule_meta = {"lr_schedule_steps": cfg.steps} if lr_depends_on_steps(cfg) else {}
     start = 0
     if resume:
         ck = latest_checkpoint(ck_root)
@@ -111,6 +139,10 @@ def train(recipe, cfg, work_dir: str | Path, *, resume: bool = False, run_info: 
             if meta.get("run_id") != run_id:
                 raise TrainingError(f"--resume: the checkpoint {ck} is from a different run (other photos, model "
                                     "or config); start again without --resume or use the same arguments")
+            if meta.get("lr_schedule_steps") != schedule_meta.get("lr_schedule_steps"):
+                raise TrainingError(f"--resume: the checkpoint {ck} follows lr_scheduler={cfg.lr_scheduler} over "
+                                    f"{meta.get('lr_schedule_steps')} steps, this run asks for {cfg.steps}; resume "
+                                    "with the same --steps or start again without --resume")
             recipe.load_state_tensors(groups["trainable"])
             load_optimizer_tensors(opt.optimizer, groups["optimizer"])
             start = int(meta["step"])
@@ -124,8 +156,9 @@ def train(recipe, cfg, work_dir: str | Path, *, resume: bool = False, run_info: 
     last_good = latest_checkpoint(ck_root)
     bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=not accelerator.is_main_process)
     for step in range(start, cfg.steps):
+        lr = lr_at(cfg, step)
         for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step) * group.get("lr_scale", 1.0)
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         step_loss = 0.0
         for micro in range(cfg.grad_accum):
             g = step_generator(cfg.seed, step, micro, accelerator.process_index)
@@ -145,14 +178,14 @@ def train(recipe, cfg, work_dir: str | Path, *, resume: bool = False, run_info: 
         recipe.after_step()
         done = step + 1
         losses.append(step_loss)
-        accelerator.log({"loss": step_loss, "lr": lr_at(cfg, step)}, step=done)
+        accelerator.log({"loss": step_loss, "lr": lr}, step=done)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}")
         if accelerator.is_main_process:
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
                 last_good = save_checkpoint(ck_root, done, {"trainable": recipe.state_tensors(),
                                                             "optimizer": optimizer_tensors(opt.optimizer)},
-                                            meta={"run_id": run_id}, keep=cfg.keep_checkpoints)
+                                            meta={"run_id": run_id, **schedule_meta}, keep=cfg.keep_checkpoints)
             if cfg.validate_every and done % cfg.validate_every == 0 and done < cfg.steps:
                 validate(recipe, cfg, work_dir / "validation", done)
         if progress is not None:

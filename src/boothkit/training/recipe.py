@@ -108,15 +108,17 @@ class Recipe:
 
         With several subjects (Custom Diffusion joint training) each example picks its subject at random.
         DreamBooth's prior preservation (Ruiz et al. 2022, eq. 2) and Custom Diffusion's regularisation set add
-        `prior_weight * L_simple(prior images)` to the subject term.
+        `prior_weight * L_simple(prior images)` to the subject term. cfg.snr_gamma and cfg.noise_offset (Min-SNR
+        weighting, offset noise: see denoising_loss) apply to both terms.
         """
         b = self.cfg.batch_size
         which = torch.randint(0, len(self.subjects), (b,), generator=g).tolist()
         pix, prompts = [], []
         for s_i in which:
             s = self.subjects[s_i]
-            pix.append(s.images.sample(1, g, flip=self.cfg.flip))
-            prompts.append(s.images.prompt)
+            x_i, p_i = s.images.sample_with_prompts(1, g, flip=self.cfg.flip)  # p_i: its caption, or the prompt
+            pix.append(x_i)
+            prompts.extend(p_i)
         x = torch.cat(pix)  # [b, 3, S, S]
         mask = None
         if self.random_resize:
@@ -135,7 +137,8 @@ class Recipe:
             mask = torch.cat([mask, torch.ones(len(prior_x), *mask.shape[1:])])
         if mask is not None:
             mask = mask.to(latents.device)
-        per_example = denoising_loss(self.module("unet"), self.noise_scheduler, latents, cond, g, mask=mask)
+        per_example = denoising_loss(self.module("unet"), self.noise_scheduler, latents, cond, g, mask=mask,
+                                     snr_gamma=self.cfg.snr_gamma, noise_offset=self.cfg.noise_offset)
         loss = per_example[:b].mean()
         if prior_x:
             loss = loss + self.prior_weight * per_example[b:].mean()

@@ -19,8 +19,11 @@ def renderer(device: str = "cpu") -> SceneRenderer:
     return _RENDERERS[device]
 
 
-def render_references(concept: Concept, n: int = 5, seed: int = 0):
-    """-> (PIL images, scenes): the subject in n different contexts, deterministic in seed."""
+def render_references(concept: Concept, n: int = 5, seed: int = 0, caption_name: str | None = None):
+    """-> (PIL images, scenes): the subject in n different contexts, deterministic in seed.
+
+    caption_name: what the scenes' captions call the subject (e.g. "sks animal", for training captions); the
+    images are the same either way."""
     rng = random.Random(f"refs:{concept.id}:{seed}")
     row = concept_index()[concept.id]
     bgs = list(BACKGROUNDS)
@@ -29,6 +32,6 @@ def render_references(concept: Concept, n: int = 5, seed: int = 0):
     for i in range(n):
         size = rng.choice(["medium", "large", "large"])
         pos = "center" if size == "large" else rng.choice(POSITIONS)
-        scenes.append(fixed_scene(row, concept, bg=bgs[i % len(bgs)], size=size, position=pos))
+        scenes.append(fixed_scene(row, concept, bg=bgs[i % len(bgs)], size=size, position=pos, name=caption_name))
     images = renderer().render(SceneBatch.from_scenes(scenes))
     return to_pil(images), scenes

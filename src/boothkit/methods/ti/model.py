@@ -72,7 +72,7 @@ class TIRecipe(Recipe):
             names = token_names(s.token, cfg.num_vectors)
             ids = add_tokens(self.tokenizer, self.text_encoder, names, cfg.init_token or s.class_noun)
             self.vectors[s.token] = ids
-            s.images.prompt = expand_prompt(s.images.prompt, s.token, cfg.num_vectors)
+            s.images.map_prompts(lambda p, s=s: expand_prompt(p, s.token, cfg.num_vectors))
         self.rows = EmbeddingRows(self.text_encoder, [i for ids in self.vectors.values() for i in ids])
 
     def trainable_parameters(self):
