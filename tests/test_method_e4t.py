@@ -178,6 +178,18 @@ def test_diffusers_alone_reproduces_the_tuned_model(concept):
     assert max_pixel_diff(sample(ours, PROMPT), stock) == 0
 
 
+def test_webui_export_is_an_embedding_and_a_kohya_lora_that_diffusers_draws_the_same(concept, tmp_path):
+    from boothkit.methods.webui import export_concept
+
+    record = export_concept(concept, tmp_path / "webui", name="golfer")
+    assert record["files"] == {"embeddings": "embeddings/golfer.safetensors", "lora": "lora/golfer.safetensors"}
+    assert record["prompt"] == PROMPT.replace("sks", "golfer") + " <lora:golfer:1>"
+    pipe = plain_pipeline(str(world_path()))  # diffusers alone, reading the webui files
+    pipe.load_textual_inversion(str(tmp_path / "webui/embeddings/golfer.safetensors"), token="golfer")
+    pipe.load_lora_weights(str(tmp_path / "webui/lora"), weight_name="golfer.safetensors")
+    assert max_pixel_diff(sample(pipe, PROMPT.replace("sks", "golfer")), validation_image(concept)) <= 1
+
+
 def test_bad_arguments_fail_before_anything_is_written(tmp_path, person_photo, pretrained):
     assert "e4t" in METHODS and METHODS["e4t"].unavailable_reason() is None  # encoders ship for person, animal, face, food, object
     out = tmp_path / "out"

@@ -189,7 +189,8 @@ async function loadLibrary() {
       esc(c.method) + "</td><td style='white-space:nowrap'>" +
       "<button class='small' data-act='use'>use</button><button class='small' data-act='rename'>rename</button>" +
       "<button class='small' data-act='delete'>delete</button><a class='small' href='" + esc(c.artifact_url) +
-      "' download>zip</a></td>";
+      "' download>zip</a>" + (c.webui_url ? "<a class='small' data-act='webui' title='LoRA / embedding files for " +
+      "AUTOMATIC1111 and ComfyUI' href='" + esc(c.webui_url) + "' download>webui</a>" : "") + "</td>";
     tr.querySelector("[data-act=use]").onclick = () => {
       const p = $("prompt"); if (!p.value.includes(c.prompt_token)) p.value = p.value.trim() + " " + c.prompt_token; };
     tr.querySelector("[data-act=rename]").onclick = async () => {

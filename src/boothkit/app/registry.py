@@ -29,6 +29,8 @@ class MethodSpec:
     tune: Callable  #: tune(images, class_noun, out, *, model, steps, resume, progress) -> concept folder
     apply: Callable  #: apply(pipe, concept_dirs) -> pipe
     supports_resume: bool = True  #: an interrupted job is re-run with resume=True (else marked failed)
+    #: export(concept_dir, out_dir, *, name, model): AUTOMATIC1111/ComfyUI files (boothkit export); None: none
+    export: Callable | None = None
 
 
 def _supports_resume(entry) -> bool:
@@ -59,7 +61,11 @@ def registered_methods() -> dict[str, MethodSpec]:
         def _tune(images, class_noun, out_dir, *, _name=name, **kw):
             return tune(_name, images, class_noun, out_dir, **kw)
 
-        out[name] = MethodSpec(name=name, tune=_tune, apply=apply, supports_resume=_supports_resume(entry))
+        export = None
+        if getattr(entry, "export", None) is not None:
+            from boothkit.methods.webui import export_concept as export
+        out[name] = MethodSpec(name=name, tune=_tune, apply=apply, supports_resume=_supports_resume(entry),
+                               export=export)
     return out
 
 

@@ -44,6 +44,9 @@ class Concept(BaseModel):
     created: float
     prompt_token: str = Field(description="write this in a prompt to use the concept, e.g. '<bruno>'")
     artifact_url: str
+    webui_url: str | None = Field(None, description="zip of the concept as AUTOMATIC1111 / ComfyUI files (a "
+                                  "kohya-layout LoRA and/or an A1111 embedding, as `boothkit export` writes); null "
+                                  "for methods that have none (full DreamBooth, Custom Diffusion, InstantBooth)")
 
 
 class ConceptCreated(BaseModel):

@@ -216,11 +216,11 @@ def create_app(cfg: AppConfig) -> FastAPI:
     @app.get("/api/concepts", response_model=list[schemas.Concept], tags=["concepts"])
     def list_concepts():
         """Every concept in the library, oldest first."""
-        return [_concept_out(c) for c in store.list_concepts()]
+        return [_concept_out(c, methods) for c in store.list_concepts()]
 
     @app.get("/api/concepts/{name}", response_model=schemas.Concept, tags=["concepts"])
     def get_concept(name: str):
-        return _concept_out(_concept_or_404(store, name))
+        return _concept_out(_concept_or_404(store, name), methods)
 
     @app.patch("/api/concepts/{name}", response_model=schemas.Concept, tags=["concepts"])
     def rename_concept(name: str, body: schemas.Rename):
@@ -233,7 +233,7 @@ def create_app(cfg: AppConfig) -> FastAPI:
             except NameTaken as e:
                 raise RequestError(str(e), 409) from e
             engine.forget_concepts()
-        return _concept_out(store.get_concept(new))
+        return _concept_out(store.get_concept(new), methods)
 
     @app.delete("/api/concepts/{name}", status_code=204, tags=["concepts"])
     def delete_concept(name: str):
@@ -256,6 +256,38 @@ def create_app(cfg: AppConfig) -> FastAPI:
                 if p.is_file() and not p.is_symlink():
                     z.write(p, f"{name}/{p.relative_to(folder)}")
         return FileResponse(tmp, media_type="application/zip", filename=f"{name}.zip",
+                            background=BackgroundTask(os.unlink, tmp))
+
+    @app.get("/api/concepts/{name}/webui", tags=["concepts"],
+             responses={200: {"content": {"application/zip": {}},
+                              "description": "lora/<name>.safetensors and/or embeddings/<name>.safetensors + "
+                                             "export.json"}})
+    def download_webui(name: str):
+        """The concept as AUTOMATIC1111 / ComfyUI files (`boothkit export`): a kohya-layout LoRA and/or an A1111
+        embedding named after the concept, and export.json with the prompt to use. 409 for methods without any."""
+        from ..inputs import InputError
+
+        row = _concept_or_404(store, name)
+        spec = methods.get(row["method"])
+        if spec is None or spec.export is None:
+            from ..methods.webui import EXPORT_HINTS
+
+            raise RequestError(f"{row['method']} concepts have no webui files: "
+                               f"{EXPORT_HINTS.get(row['method'], 'this method does not export')}", 409)
+        work = Path(tempfile.mkdtemp(dir=store.root / "trash"))
+        try:
+            spec.export(store.concept_dir(name), work / "webui", name=name, model=cfg.model)
+            fd, tmp = tempfile.mkstemp(suffix=".zip", dir=store.root / "trash")
+            os.close(fd)
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+                for p in sorted((work / "webui").rglob("*")):
+                    if p.is_file():
+                        z.write(p, f"{name}-webui/{p.relative_to(work / 'webui')}")
+        except InputError as e:
+            raise RequestError(str(e), 409) from e
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return FileResponse(tmp, media_type="application/zip", filename=f"{name}-webui.zip",
                             background=BackgroundTask(os.unlink, tmp))
 
     @app.get("/api/jobs", response_model=list[schemas.Job], tags=["jobs"])
@@ -360,8 +392,10 @@ def _concept_or_404(store: Store, name: str) -> dict:
     return row
 
 
-def _concept_out(row: dict) -> dict:
-    return {**row, "prompt_token": f"<{row['name']}>", "artifact_url": f"/api/concepts/{row['name']}/artifact"}
+def _concept_out(row: dict, methods: dict[str, MethodSpec]) -> dict:
+    spec = methods.get(row["method"])
+    return {**row, "prompt_token": f"<{row['name']}>", "artifact_url": f"/api/concepts/{row['name']}/artifact",
+            "webui_url": f"/api/concepts/{row['name']}/webui" if spec is not None and spec.export else None}
 
 
 def _job_out(job: dict) -> dict:

@@ -19,6 +19,7 @@ _COMMAND_MODULES = [
     "boothkit.cli.demo",
     "boothkit.cli.tune",
     "boothkit.cli.merge",
+    "boothkit.cli.export",
     "boothkit.cli.serve",
     "boothkit.cli.bench",
 ]

@@ -22,6 +22,8 @@ class MethodSpec:
     #: None when the method can run with its defaults here; else a sentence why not (e.g. no shipped encoder).
     #: The app offers, and the benchmark runs by default, only available methods.
     available: Callable[[], str | None] | None = None
+    #: export_webui(ExportContext) -> WebuiFiles (methods/webui.py: kohya LoRA, A1111 embedding); None: no such file
+    export: Callable | None = None
 
     def unavailable_reason(self) -> str | None:
         return self.available() if self.available else None

@@ -13,12 +13,12 @@ Layers:
 """
 
 from ..spec import MethodSpec
-from .artifact import load, shipped_classes
+from .artifact import export_webui, load, shipped_classes
 from .config import E4TConfig, EncoderConfig, PretrainConfig
 from .model import E4TRecipe
 
 METHOD = MethodSpec(name="e4t", config=E4TConfig, recipe=E4TRecipe, load=load, default_identifier="sks",
-                    uses_prior=lambda cfg: False,
+                    uses_prior=lambda cfg: False, export=export_webui,
                     available=lambda: None if shipped_classes() else "no E4T encoder is shipped (boothkit pretrain "
                     "e4t --class CLASS; then --set encoder=DIR)")
 

@@ -179,3 +179,13 @@ def load(pipe, folder: Path, meta: dict) -> str:
     if others or len(ours) > 1:
         pipe.set_adapters(others + ours, [1.0] * len(others) + [1.0 / len(ours)] * len(ours))
     return name
+
+
+def export_webui(ctx):
+    """The tuned word as an A1111 embedding and the weight offsets as a kohya LoRA (methods/webui.py)."""
+    from ..webui import WebuiFiles, kohya_lora
+
+    words = ti_artifact.export_webui(ctx)
+    tensors, info = kohya_lora(ctx.load_base())
+    return WebuiFiles(prompt=f"{words.prompt} <lora:{ctx.name}:1>",
+                      files={**words.files, "lora": tensors}, metadata={"lora": info})

@@ -31,3 +31,12 @@ def load(pipe, folder: Path, meta: dict) -> str:
     name = "".join(ch if ch.isalnum() else "_" for ch in Path(folder).resolve().name) or "concept"
     pipe.load_lora_weights(str(folder), weight_name=WEIGHTS, adapter_name=name)
     return name
+
+
+def export_webui(ctx):
+    """The LoRA in kohya's layout (methods/webui.py), as diffusers loads it into the base pipeline."""
+    from ..webui import WebuiFiles, kohya_lora
+
+    tensors, info = kohya_lora(ctx.load_base())
+    return WebuiFiles(prompt=f"{ctx.meta['prompt']} <lora:{ctx.name}:1>", files={"lora": tensors},
+                      metadata={"lora": info})

@@ -1,0 +1,169 @@
+"""`boothkit export`: a concept in the files AUTOMATIC1111, ComfyUI, SD.Next and InvokeAI read ("webui" format).
+
+    lora/<name>.safetensors        LoRA weights (the LoRA method, E4T's weight offsets) in kohya's layout:
+                                   `lora_unet_<module>.lora_down.weight`, `.lora_up.weight`, `.alpha` (and
+                                   `lora_te_<module>...` for a text-encoder LoRA). Converted by diffusers'
+                                   `convert_state_dict_to_kohya` from the PEFT state dict that diffusers' own loader
+                                   builds from the concept's file, so what is exported is what `generate --concept`
+                                   draws with. The alpha is the concept's (kohya scales by alpha / rank).
+    embeddings/<name>.safetensors  a token embedding (Textual Inversion, E4T's word) as A1111 saves one:
+                                   {"emb_params": [n_vectors, dim]}; the webui's trigger word is the file's name.
+    export.json                    what was exported, from which concept and base model, and the prompt to use.
+
+Each method says what it exports in its artifact.py (`export_webui`, the MethodSpec's `export`). Full DreamBooth,
+Custom Diffusion and InstantBooth concepts have no file of these kinds; `EXPORT_HINTS` says what to do instead.
+The output folder is written staged and renamed into place: on any error nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..inputs import InputError, read_concept, staged_folder
+
+FORMAT = "webui"
+EXPORT_FILE = "export.json"
+
+#: why a method has no webui export, and what to use instead
+EXPORT_HINTS = {
+    "dreambooth": "a full DreamBooth concept is a whole diffusers pipeline folder: ComfyUI's DiffusersLoader reads "
+                  "it as it is; AUTOMATIC1111 needs a single-file checkpoint, which diffusers' script "
+                  "scripts/convert_diffusers_to_original_stable_diffusion.py writes",
+    "custom": "Custom Diffusion changes whole key/value projection matrices, which a webui LoRA file could only "
+              "approximate (a low-rank fit of the change is not done here); use it with diffusers (boothkit "
+              "generate --concept, or the loaders in README)",
+    "instantbooth": "InstantBooth's adapters are attention processors that no webui loads; use boothkit generate "
+                    "--concept, or install_instantbooth() on a diffusers pipeline",
+}
+
+
+@dataclass
+class ExportContext:
+    """What a method's `export_webui` gets: the concept, the export name, and the base pipeline on demand."""
+
+    folder: Path
+    meta: dict
+    name: str
+    load_base: Callable[[], object]  #: a fresh base pipeline (the concept's model, or --model); loaded when called
+
+
+@dataclass
+class WebuiFiles:
+    """What a method exports: tensors per kind ("lora", "embeddings"), and the prompt that uses them."""
+
+    prompt: str
+    files: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    metadata: dict[str, dict[str, str]] = field(default_factory=dict)  #: safetensors metadata per kind
+
+
+def embedding_file(vectors: torch.Tensor) -> dict[str, torch.Tensor]:
+    """[n_vectors, dim] (or [dim]) -> A1111's safetensors embedding."""
+    return {"emb_params": vectors.detach().to("cpu", torch.float32).reshape(-1, vectors.shape[-1]).contiguous()}
+
+
+def kohya_lora(pipe) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The one LoRA adapter loaded into `pipe` (UNet and, if any, text encoder) in kohya's layout, with alphas.
+
+    -> (tensors, safetensors metadata in kohya's `ss_*` names)
+    """
+    from diffusers.utils import convert_state_dict_to_kohya
+    from peft.utils import get_peft_model_state_dict
+
+    peft, alphas, ranks = {}, {}, set()
+    for prefix, kohya_prefix, module in (("unet", "lora_unet_", pipe.unet), ("text_encoder", "lora_te1_",
+                                                                              pipe.text_encoder)):
+        configs = getattr(module, "peft_config", None) or {}
+        if len(configs) > 1:
+            raise InputError(f"export: the {prefix} carries {len(configs)} LoRA adapters; export one concept at a "
+                             "time")
+        for adapter, cfg in configs.items():
+            if getattr(cfg, "rank_pattern", None) or getattr(cfg, "alpha_pattern", None):
+                raise InputError("export: per-module LoRA ranks or alphas are not supported by this export")
+            part = get_peft_model_state_dict(module, adapter_name=adapter)
+            peft.update({f"{prefix}.{k}": v for k, v in part.items()})
+            alphas[kohya_prefix], ranks = float(cfg.lora_alpha), ranks | {int(cfg.r)}
+    if not peft:
+        raise InputError("export: the concept loaded no LoRA weights")
+    tensors = {}
+    for key, value in convert_state_dict_to_kohya(peft).items():
+        prefix = next(p for p in alphas if key.startswith(p))
+        if key.endswith(".alpha"):  # diffusers writes alpha = rank (scale 1); kohya's scale is alpha / rank
+            value = torch.tensor(alphas[prefix])
+        # SD 1.x/2.x have one text encoder: kohya's own scripts name it lora_te_ (lora_te1_/lora_te2_ are SDXL's)
+        key = "lora_te_" + key[len("lora_te1_"):] if prefix == "lora_te1_" else key
+        tensors[key] = value.detach().to("cpu", torch.float32).contiguous()
+    meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(max(ranks)),
+            "ss_network_alpha": str(alphas.get("lora_unet_", next(iter(alphas.values()))))}
+    return tensors, meta
+
+
+def replace_token(prompt: str, token: str, word: str) -> str:
+    return re.sub(rf"(?<!\S){re.escape(token)}(?!\S)", word, prompt)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def export_name(name: str | None, folder: Path) -> str:
+    """The files' stem (the webui's LoRA name and embedding trigger word): --name, or the concept folder's name."""
+    if name is None:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", folder.resolve().name).strip("-.") or "concept"
+    if not _NAME.match(name) or len(name) > 64:
+        raise InputError(f"--name {name!r}: use letters, digits, '_', '-' or '.' (at most 64, no leading symbol); "
+                         "it becomes the file names and the webui's trigger word")
+    return name
+
+
+def export_concept(concept: str | Path, out: str | Path, *, name: str | None = None, model: str | None = None,
+                   fmt: str = FORMAT) -> dict:
+    """Write `concept` in webui files under `out` (a new or empty folder); returns export.json's content."""
+    from . import METHODS
+    from .core import apply_concepts
+
+    if fmt != FORMAT:
+        raise InputError(f"--format {fmt!r}: the only export format is {FORMAT!r} (AUTOMATIC1111, ComfyUI, ...)")
+    folder = Path(concept)
+    meta = read_concept(folder)
+    method = meta.get("method")
+    spec = METHODS.get(method)
+    if spec is None:
+        raise InputError(f"--concept {folder}: unknown method {method!r}")
+    if spec.export is None:
+        raise InputError(f"{folder}: {method} concepts cannot be exported for a webui: "
+                         f"{EXPORT_HINTS.get(method, 'no webui file holds them')}")
+    stem = export_name(name, folder)
+    out = Path(out)
+    if out.exists() and (out.is_file() or any(out.iterdir())):
+        raise InputError(f"--out {out}: exists and is not empty; pick a new folder")
+
+    def load_base():
+        from ..pipeline import load_pipeline
+
+        pipe = load_pipeline(model or meta.get("base_model") or "world", device="cpu", dtype="fp32", progress=False)
+        return apply_concepts(pipe, [folder])  # refuses a concept made for another base model
+
+    got: WebuiFiles = spec.export(ExportContext(folder, meta, stem, load_base))
+    from safetensors.torch import save_file
+
+    from .. import __version__
+
+    record = {"format": FORMAT, "concept": str(folder), "method": method, "name": stem, "prompt": got.prompt,
+              "base_model": meta.get("base_model"), "model_hash": meta.get("model_hash"),
+              "tokens": meta.get("tokens"), "boothkit_version": __version__, "files": {}}
+    with staged_folder(out) as tmp:
+        for kind, tensors in got.files.items():
+            rel = f"{kind}/{stem}.safetensors"
+            (tmp / kind).mkdir()
+            info = {"boothkit_concept": folder.resolve().name, "boothkit_method": method,
+                    "boothkit_model_hash": str(meta.get("model_hash")), "boothkit_version": __version__,
+                    **got.metadata.get(kind, {})}
+            save_file(tensors, str(tmp / rel), metadata=info)
+            record["files"][kind] = rel
+        (tmp / EXPORT_FILE).write_text(json.dumps(record, indent=1))
+    return record

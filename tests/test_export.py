@@ -1,0 +1,154 @@
+"""`boothkit export`: concepts as kohya-layout LoRA and A1111 embedding files, read back by diffusers' own loaders
+(which accept those layouts, as AUTOMATIC1111 and ComfyUI do)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from boothkit.inputs import InputError
+from boothkit.methods import apply_concepts, tune
+from boothkit.methods.webui import export_concept
+from boothkit.pipeline import load_pipeline
+
+from conftest import FAST, max_pixel_diff, plain_pipeline, sample
+
+
+@pytest.fixture(scope="module")
+def lora_concept(tmp_path_factory, tiny_model, subject_photos):
+    """UNet and text-encoder LoRA with alpha != rank, so the export must carry the scale."""
+    out = tmp_path_factory.mktemp("export-lora") / "rat"
+    return tune("lora", subject_photos, "animal", out, model=tiny_model, steps=3,
+                config={**FAST, "rank": 4, "alpha": 2.0, "train_text_encoder": True, "lr": 1e-2})
+
+
+@pytest.fixture(scope="module")
+def ti_concept(tmp_path_factory, tiny_model, subject_photos):
+    out = tmp_path_factory.mktemp("export-ti") / "rat"
+    return tune("ti", subject_photos, "animal", out, model=tiny_model, steps=3, config={**FAST, "num_vectors": 2})
+
+
+def _ours(model, concept, prompt):
+    pipe = apply_concepts(load_pipeline(model, device="cpu", dtype="fp32", progress=False), [concept])
+    pipe.set_progress_bar_config(disable=True)
+    return sample(pipe, prompt)
+
+
+def test_lora_exports_in_kohya_layout_and_diffusers_draws_the_same(lora_concept, tiny_model, tmp_path):
+    out = tmp_path / "webui"
+    record = export_concept(lora_concept, out, name="ratlora")
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "lora"]
+    assert record["files"] == {"lora": "lora/ratlora.safetensors"}
+    assert record["prompt"] == "a photo of sks animal <lora:ratlora:1>"
+    assert json.loads((out / "export.json").read_text()) == record
+    tensors = load_file(str(out / "lora/ratlora.safetensors"))
+    assert any(k.startswith("lora_unet_") for k in tensors) and any(k.startswith("lora_te_") for k in tensors)
+    assert all(k.startswith(("lora_unet_", "lora_te_")) and "." not in k.split(".")[0][5:]
+               and k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for k in tensors)
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0.lora_down.weight" in tensors
+    alphas = {k: float(v) for k, v in tensors.items() if k.endswith(".alpha")}
+    assert alphas and set(alphas.values()) == {2.0}
+    assert len(alphas) * 3 == len(tensors)  # down, up and alpha for every adapted layer
+    with safe_open(str(out / "lora/ratlora.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2.0" and meta["boothkit_method"] == "lora"
+
+    pipe = plain_pipeline(tiny_model)  # diffusers alone, reading the kohya file
+    pipe.load_lora_weights(str(out / "lora"), weight_name="ratlora.safetensors")
+    theirs = sample(pipe, "a photo of sks animal")
+    assert max_pixel_diff(theirs, _ours(tiny_model, lora_concept, "a photo of sks animal")) <= 1
+    assert max_pixel_diff(theirs, sample(plain_pipeline(tiny_model), "a photo of sks animal")) > 0
+
+
+def test_ti_exports_an_a1111_embedding_named_as_its_trigger_word(ti_concept, tiny_model, tmp_path):
+    out = tmp_path / "webui"
+    record = export_concept(ti_concept, out, name="ratemb")
+    assert record["files"] == {"embeddings": "embeddings/ratemb.safetensors"}
+    assert record["prompt"] == "a photo of ratemb animal"
+    emb = load_file(str(out / "embeddings/ratemb.safetensors"))
+    assert list(emb) == ["emb_params"] and emb["emb_params"].shape == (2, 32)
+    assert torch.equal(emb["emb_params"], load_file(str(ti_concept / "learned_embeds.safetensors"))["<sks>"])
+
+    pipe = plain_pipeline(tiny_model)
+    pipe.load_textual_inversion(str(out / "embeddings/ratemb.safetensors"), token="ratemb")
+    assert max_pixel_diff(sample(pipe, record["prompt"]), _ours(tiny_model, ti_concept, "a photo of <sks> animal")) <= 1
+
+
+def test_default_name_is_the_concept_folder(ti_concept, tmp_path):
+    record = export_concept(ti_concept, tmp_path / "w")
+    assert record["name"] == "rat" and (tmp_path / "w/embeddings/rat.safetensors").is_file()
+
+
+@pytest.mark.parametrize("method,words", [("dreambooth", "DiffusersLoader"), ("instantbooth", "install_instantbooth"),
+                                          ("custom", "key/value")])
+def test_methods_without_a_webui_file_are_refused_with_what_to_do(tmp_path, method, words):
+    concept = tmp_path / "c"
+    concept.mkdir()
+    (concept / "concept.json").write_text(json.dumps({"method": method, "tokens": ["sks"]}))
+    with pytest.raises(InputError, match=words):
+        export_concept(concept, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_arguments_write_nothing(ti_concept, tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("x")
+    with pytest.raises(InputError, match="not empty"):
+        export_concept(ti_concept, full)
+    assert sorted(p.name for p in full.iterdir()) == ["keep.txt"]
+    with pytest.raises(InputError, match="--name"):
+        export_concept(ti_concept, tmp_path / "a", name="../evil")
+    with pytest.raises(InputError, match="format"):
+        export_concept(ti_concept, tmp_path / "b", fmt="ckpt")
+    with pytest.raises(InputError, match="not a concept"):
+        export_concept(tmp_path, tmp_path / "c")
+    assert not any((tmp_path / n).exists() for n in "abc")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+
+def test_cli_export(ti_concept, tmp_path):
+    from typer.testing import CliRunner
+
+    from boothkit.cli.main import app
+
+    r = CliRunner().invoke(app, ["export", str(ti_concept), "--out", str(tmp_path / "w"), "--name", "ratemb"])
+    assert r.exit_code == 0, r.output
+    assert "embeddings/ratemb.safetensors" in r.output and "prompt: a photo of ratemb animal" in r.output
+    r = CliRunner().invoke(app, ["export", str(ti_concept), "--out", str(tmp_path / "w")])
+    assert r.exit_code == 2 and "not empty" in r.output
+
+
+def test_app_serves_the_webui_files_of_a_concept(tmp_path):
+    import io
+    import zipfile
+
+    from boothkit.app.registry import registered_methods
+    from boothkit.app.server import AppConfig
+    from test_app_support import ServerThread, http, standin_methods, upload, wait_job, world_photos
+
+    methods = {"ti": registered_methods()["ti"], **standin_methods(0.001)}
+    with ServerThread(AppConfig(data=tmp_path / "data", methods=methods, preload=False)) as s:
+        r = upload(s.url, {"name": "ratti", "class_noun": "rat", "steps": "2", "method": "ti",
+                           "config": '{"validation_images": 0}'}, world_photos(2))
+        assert r.status == 202, r
+        assert wait_job(s.url, r.json()["job"]["id"], timeout=300)["status"] == "done"
+        c = http("GET", s.url + "/api/concepts/ratti").json()
+        assert c["webui_url"] == "/api/concepts/ratti/webui"
+        z = http("GET", s.url + c["webui_url"])
+        assert z.status == 200 and z.headers["content-type"] == "application/zip"
+        with zipfile.ZipFile(io.BytesIO(z.body)) as zf:
+            assert sorted(zf.namelist()) == ["ratti-webui/embeddings/ratti.safetensors", "ratti-webui/export.json"]
+            record = json.loads(zf.read("ratti-webui/export.json"))
+        assert record["method"] == "ti" and record["prompt"].startswith("a photo of ratti ")
+
+        r = upload(s.url, {"name": "stand", "class_noun": "rat", "steps": "2", "method": "standin"}, world_photos(2))
+        assert wait_job(s.url, r.json()["job"]["id"])["status"] == "done"
+        assert http("GET", s.url + "/api/concepts/stand").json()["webui_url"] is None
+        r = http("GET", s.url + "/api/concepts/stand/webui")
+        assert r.status == 409 and "no webui files" in r.json()["detail"]
+        assert not [p for p in (tmp_path / "data" / "trash").iterdir()]  # nothing left behind
