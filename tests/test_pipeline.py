@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,6 +75,45 @@ def test_model_hash_is_stable_and_content_based():
     assert h == model_hash(str(world_path())) and len(h) == 16
     assert model_hash("someone/else").startswith("id:")
 
+
+
+def test_model_hash_is_remembered_by_file_stamp_and_recomputed_when_a_file_changes(tmp_path, tiny_model, monkeypatch):
+    import shutil
+    import time
+
+    from boothkit import pipeline
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    files = sorted((model / "unet").glob("*.safetensors")) + sorted((model / "text_encoder").glob("*.safetensors"))
+    first = model_hash(str(model))
+    assert first == pipeline.hash_files(files)  # the cache returns what hashing the bytes gives
+
+    def no_reading(files):
+        raise AssertionError("hashed again although no file changed")
+
+    monkeypatch.setattr(pipeline, "hash_files", no_reading)
+    assert model_hash(str(model)) == first  # from the SQLite cache: no byte read
+    monkeypatch.undo()
+
+    weights = files[0]
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # same size, other content, a later mtime
+    time.sleep(0.01)
+    weights.write_bytes(bytes(data))
+    changed = model_hash(str(model))
+    assert changed != first and changed == pipeline.hash_files(files)
+
+
+def test_model_hash_works_without_a_writable_cache(tmp_path, tiny_model, monkeypatch):
+    from boothkit import pipeline
+
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("BOOTHKIT_CACHE", str(blocked))
+    files = sorted((Path(tiny_model) / "unet").glob("*.safetensors")) + \
+        sorted((Path(tiny_model) / "text_encoder").glob("*.safetensors"))
+    assert model_hash(tiny_model) == pipeline.hash_files(files)
 
 def test_schedulers_are_built_from_the_models_config_and_change_the_sampling():
     from diffusers import DDIMScheduler

@@ -148,18 +148,26 @@ def set_scheduler(pipe, name: str | None):
 def model_hash(model: str) -> str:
     """A content hash of a base model's UNet and text encoder weights (concepts record it; generation checks it).
 
-    For a local folder or the world model it hashes the weight files' bytes (sha256, first 16 hex digits); for a
-    hub id that is not on disk it hashes the id.
+    For a local folder or the world model it hashes the weight files' bytes (sha256, first 16 hex digits; a
+    file-stamp cache spares re-reading gigabytes when nothing changed); for a hub id not on disk it hashes the id.
     """
+    from .cache import cached_digest
+
     path = Path(resolve_model(model))
     if not path.exists():
         return "id:" + hashlib.sha256(model.encode()).hexdigest()[:16]
+    files = [f for sub in ("unet", "text_encoder")
+             for f in sorted((path / sub).glob("*.safetensors")) + sorted((path / sub).glob("*.bin"))]
+    return cached_digest(files, hash_files)  # remembered by path, size and mtime (boothkit.cache)
+
+
+def hash_files(files) -> str:
+    """sha256 over the files' bytes, in order (first 16 hex digits)."""
     h = hashlib.sha256()
-    for sub in ("unet", "text_encoder"):
-        for f in sorted((path / sub).glob("*.safetensors")) + sorted((path / sub).glob("*.bin")):
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()[:16]
 
 

@@ -71,7 +71,8 @@ class _Prototypes(dict):
     def _load(self, cls: str):
         from safetensors.torch import load_file, save_file
 
-        from ..world.atlas import _atlas_key, cache_dir
+        from ..cache import cache_dir
+        from ..world.atlas import _atlas_key
 
         path = cache_dir() / f"judge-prototypes-{self.key}-{_atlas_key()}-{cls}.safetensors"
         if path.exists():

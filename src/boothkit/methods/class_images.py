@@ -9,13 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-
-def cache_root() -> Path:
-    """$BOOTHKIT_CACHE, else $XDG_CACHE_HOME/boothkit, else ~/.cache/boothkit."""
-    if os.environ.get("BOOTHKIT_CACHE"):
-        return Path(os.environ["BOOTHKIT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "boothkit"
+from ..cache import cache_root
 
 
 def class_image_dir(model_hash: str, prompt: str) -> Path:

@@ -14,18 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cache import cache_dir
 from .concepts import all_concepts
 
 GLYPH = 64  #: side of one atlas cell, in pixels
 _FONT_PX = 136  #: rasterisation size before the tight crop and downscale
-
-
-def cache_dir() -> Path:
-    """Where boothkit keeps rebuildable caches ($BOOTHKIT_CACHE, else ~/.cache/boothkit)."""
-    root = os.environ.get("BOOTHKIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "boothkit")
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _font():
