@@ -42,7 +42,7 @@ def test_lora_exports_in_kohya_layout_and_diffusers_draws_the_same(lora_concept,
     out = tmp_path / "webui"
     record = export_concept(lora_concept, out, name="ratlora")
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "lora"]
-    assert record["files"] == {"lora": "lora/ratlora.safetensors"}
+    assert record["files"] == ["lora/ratlora.safetensors"]
     assert record["prompt"] == "a photo of sks animal <lora:ratlora:1>"
     assert json.loads((out / "export.json").read_text()) == record
     tensors = load_file(str(out / "lora/ratlora.safetensors"))
@@ -67,7 +67,7 @@ def test_lora_exports_in_kohya_layout_and_diffusers_draws_the_same(lora_concept,
 def test_ti_exports_an_a1111_embedding_named_as_its_trigger_word(ti_concept, tiny_model, tmp_path):
     out = tmp_path / "webui"
     record = export_concept(ti_concept, out, name="ratemb")
-    assert record["files"] == {"embeddings": "embeddings/ratemb.safetensors"}
+    assert record["files"] == ["embeddings/ratemb.safetensors"]
     assert record["prompt"] == "a photo of ratemb animal"
     emb = load_file(str(out / "embeddings/ratemb.safetensors"))
     assert list(emb) == ["emb_params"] and emb["emb_params"].shape == (2, 32)
@@ -83,13 +83,51 @@ def test_default_name_is_the_concept_folder(ti_concept, tmp_path):
     assert record["name"] == "rat" and (tmp_path / "w/embeddings/rat.safetensors").is_file()
 
 
-@pytest.mark.parametrize("method,words", [("dreambooth", "DiffusersLoader"), ("instantbooth", "install_instantbooth"),
-                                          ("custom", "key/value")])
+@pytest.mark.parametrize("method,words", [("dreambooth", "DiffusersLoader"), ("instantbooth", "install_instantbooth")])
 def test_methods_without_a_webui_file_are_refused_with_what_to_do(tmp_path, method, words):
     concept = tmp_path / "c"
     concept.mkdir()
     (concept / "concept.json").write_text(json.dumps({"method": method, "tokens": ["sks"]}))
     with pytest.raises(InputError, match=words):
+        export_concept(concept, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def custom_concept(tmp_path_factory, tiny_model, subject_photos, second_subject_photos):
+    """Two subjects trained jointly (<new1>, <new2>), lr high enough that the change shows in 3 steps."""
+    out = tmp_path_factory.mktemp("export-custom") / "pair"
+    return tune("custom", subject_photos, "animal", out, model=tiny_model, steps=3,
+                subjects=[(second_subject_photos, "food")], config={**FAST, "lr": 1e-2})
+
+
+def test_custom_diffusion_exports_its_weight_changes_as_a_lora_and_each_token(custom_concept, tiny_model, tmp_path):
+    prompt = "a photo of <new1> animal and <new2> food"
+    record = export_concept(custom_concept, tmp_path / "exact", name="pqz")
+    assert record["files"] == ["embeddings/pqz-2.safetensors", "embeddings/pqz.safetensors", "lora/pqz.safetensors"]
+    assert record["prompt"] == "a photo of pqz animal and pqz-2 food <lora:pqz:1>"
+    assert record["lora_relative_error"] < 1e-5  # every non-zero singular value: the change itself
+    tensors = load_file(str(tmp_path / "exact/lora/pqz.safetensors"))
+    assert tensors and all("_attn2_to_k." in k or "_attn2_to_v." in k for k in tensors)  # what Custom trains
+
+    pipe = plain_pipeline(tiny_model)  # diffusers alone
+    pipe.load_lora_weights(str(tmp_path / "exact/lora"), weight_name="pqz.safetensors")
+    for name in ("pqz", "pqz-2"):
+        pipe.load_textual_inversion(str(tmp_path / f"exact/embeddings/{name}.safetensors"), token=name)
+    theirs = sample(pipe, "a photo of pqz animal and pqz-2 food")
+    assert max_pixel_diff(theirs, _ours(tiny_model, custom_concept, prompt)) <= 1
+    assert max_pixel_diff(theirs, sample(plain_pipeline(tiny_model), prompt)) > 0
+
+    rank1 = export_concept(custom_concept, tmp_path / "r1", name="pqz", rank=1)  # the best rank-1 fit
+    assert 0 < rank1["lora_relative_error"] < 1
+    down = [v for k, v in load_file(str(tmp_path / "r1/lora/pqz.safetensors")).items() if k.endswith("lora_down.weight")]
+    assert down and all(v.shape[0] == 1 for v in down)
+
+
+def test_custom_diffusion_with_a_trained_bias_is_refused(tmp_path, tiny_model, subject_photos):
+    concept = tune("custom", subject_photos, "animal", tmp_path / "c", model=tiny_model, steps=1,
+                   config={**FAST, "validation_images": 0, "train_q_out": True})
+    with pytest.raises(InputError, match="bias"):
         export_concept(concept, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

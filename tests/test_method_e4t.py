@@ -182,7 +182,7 @@ def test_webui_export_is_an_embedding_and_a_kohya_lora_that_diffusers_draws_the_
     from boothkit.methods.webui import export_concept
 
     record = export_concept(concept, tmp_path / "webui", name="golfer")
-    assert record["files"] == {"embeddings": "embeddings/golfer.safetensors", "lora": "lora/golfer.safetensors"}
+    assert record["files"] == ["embeddings/golfer.safetensors", "lora/golfer.safetensors"]
     assert record["prompt"] == PROMPT.replace("sks", "golfer") + " <lora:golfer:1>"
     pipe = plain_pipeline(str(world_path()))  # diffusers alone, reading the webui files
     pipe.load_textual_inversion(str(tmp_path / "webui/embeddings/golfer.safetensors"), token="golfer")

@@ -10,13 +10,15 @@ def register(app: typer.Typer) -> None:
 
 
 def export(
-    concept: str = typer.Argument(..., help="Concept folder (boothkit tune's --out): lora, ti or e4t."),
+    concept: str = typer.Argument(..., help="Concept folder (boothkit tune's --out): lora, ti, e4t or custom."),
     out: str = typer.Option(..., "--out", "-o", help="New (or empty) folder for the exported files."),
     name: str = typer.Option(None, "--name", help="File name stem: the webui's LoRA name and embedding trigger "
                              "word (default: the concept folder's name)."),
     fmt: str = typer.Option("webui", "--format", help="webui: kohya-layout LoRA + A1111 embedding safetensors."),
     model: str = typer.Option(None, "--model", help="Base model to load the concept into (default: the one "
                               "concept.json names)."),
+    rank: int = typer.Option(0, "--rank", help="Custom Diffusion only: LoRA rank of the fit of its weight changes "
+                             "(0: exact, every non-zero singular value)."),
 ):
     """Export a concept for AUTOMATIC1111 / ComfyUI / SD.Next: lora/NAME.safetensors (kohya layout) and/or
     embeddings/NAME.safetensors (A1111 embedding), plus export.json with the prompt to use."""
@@ -25,18 +27,20 @@ def export(
     from ..pipeline import ModelNotFoundError
 
     try:
-        record = export_concept(concept, out, name=name, model=model, fmt=fmt)
+        record = export_concept(concept, out, name=name, model=model, fmt=fmt, rank=rank)
     except (InputError, ModelNotFoundError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2)
-    for kind, rel in record["files"].items():
+    kinds = {rel.split("/")[0] for rel in record["files"]}
+    for rel in record["files"]:
         where = {"lora": "models/Lora (A1111) or models/loras (ComfyUI)",
-                 "embeddings": "embeddings (A1111) or models/embeddings (ComfyUI)"}[kind]
+                 "embeddings": "embeddings (A1111) or models/embeddings (ComfyUI)"}[rel.split("/")[0]]
         typer.echo(f"{out}/{rel}  -> copy into the webui's {where}")
     typer.echo(f"prompt: {record['prompt']}")
-    if "embeddings" in record["files"]:
-        typer.echo(f"  (ComfyUI: write embedding:{record['name']} for the trigger word, and load the LoRA with a "
-                   "LoraLoader node)" if "lora" in record["files"] else
-                   f"  (ComfyUI: write embedding:{record['name']} for the trigger word)")
-    elif "lora" in record["files"]:
+    if "lora_relative_error" in record:
+        typer.echo(f"  (LoRA fit of the weight changes: relative error {record['lora_relative_error']:.2g})")
+    if "embeddings" in kinds:
+        typer.echo("  (ComfyUI: write embedding:NAME for each trigger word" +
+                   (", and load the LoRA with a LoraLoader node)" if "lora" in kinds else ")"))
+    elif "lora" in kinds:
         typer.echo("  (ComfyUI: load the LoRA with a LoraLoader node instead of the <lora:...> tag)")

@@ -10,8 +10,13 @@
                                    {"emb_params": [n_vectors, dim]}; the webui's trigger word is the file's name.
     export.json                    what was exported, from which concept and base model, and the prompt to use.
 
-Each method says what it exports in its artifact.py (`export_webui`, the MethodSpec's `export`). Full DreamBooth,
-Custom Diffusion and InstantBooth concepts have no file of these kinds; `EXPORT_HINTS` says what to do instead.
+Custom Diffusion's changed key/value projections become a LoRA too: each change dW = W_custom - W_base as the
+factors of its SVD (`lowrank_lora`: every non-zero singular value, so the change itself up to float error, or with
+--rank the best fit of that rank, its error in export.json); each modifier token becomes an embedding (<name>,
+<name>-2, ... when there are several).
+
+Each method says what it exports in its artifact.py (`export_webui`, the MethodSpec's `export`). Full DreamBooth and
+InstantBooth concepts have no file of these kinds; `EXPORT_HINTS` says what to do instead.
 The output folder is written staged and renamed into place: on any error nothing is left behind.
 """
 
@@ -35,9 +40,8 @@ EXPORT_HINTS = {
     "dreambooth": "a full DreamBooth concept is a whole diffusers pipeline folder: ComfyUI's DiffusersLoader reads "
                   "it as it is; AUTOMATIC1111 needs a single-file checkpoint, which diffusers' script "
                   "scripts/convert_diffusers_to_original_stable_diffusion.py writes",
-    "custom": "Custom Diffusion changes whole key/value projection matrices, which a webui LoRA file could only "
-              "approximate (a low-rank fit of the change is not done here); use it with diffusers (boothkit "
-              "generate --concept, or the loaders in README)",
+    "custom": "this Custom Diffusion concept also trained the output projection's bias (train_q_out), which a "
+              "webui LoRA cannot hold; use it with diffusers (boothkit generate --concept)",
     "instantbooth": "InstantBooth's adapters are attention processors that no webui loads; use boothkit generate "
                     "--concept, or install_instantbooth() on a diffusers pipeline",
 }
@@ -51,20 +55,59 @@ class ExportContext:
     meta: dict
     name: str
     load_base: Callable[[], object]  #: a fresh base pipeline (the concept's model, or --model); loaded when called
+    options: dict = field(default_factory=dict)  #: {"rank": r}: the LoRA rank of a low-rank fit (0: exact)
 
 
 @dataclass
 class WebuiFiles:
-    """What a method exports: tensors per kind ("lora", "embeddings"), and the prompt that uses them."""
+    """What a method exports: tensors per file, keyed "lora/NAME" or "embeddings/NAME" (folder/stem, ".safetensors"
+    is added), and the prompt that uses them."""
 
     prompt: str
     files: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-    metadata: dict[str, dict[str, str]] = field(default_factory=dict)  #: safetensors metadata per kind
+    metadata: dict[str, dict[str, str]] = field(default_factory=dict)  #: safetensors metadata per file key
+    notes: dict = field(default_factory=dict)  #: anything export.json should say about the conversion
 
 
-def embedding_file(vectors: torch.Tensor) -> dict[str, torch.Tensor]:
+def a1111_embedding(vectors: torch.Tensor) -> dict[str, torch.Tensor]:
     """[n_vectors, dim] (or [dim]) -> A1111's safetensors embedding."""
     return {"emb_params": vectors.detach().to("cpu", torch.float32).reshape(-1, vectors.shape[-1]).contiguous()}
+
+
+def lowrank_lora(deltas: dict[str, torch.Tensor], rank: int = 0, rtol: float = 1e-6
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, str], float]:
+    """Weight changes {"unet.<module path>": dW [out, in]} as a kohya LoRA: dW ~ up @ down from its SVD (Eckart-Young:
+    the best rank-r fit), as kohya's extract_lora_from_models does. rank 0: every singular value above rtol * the
+    largest (the change itself, to float error), so modules may differ in rank.
+
+    One alpha for every module (the largest rank), the webui's scale alpha / rank_m folded back into each `up`, so
+    up @ down * alpha / rank_m is the fit: loaders that mishandle per-module alphas (diffusers 0.42.1 drops some of
+    a kohya file's alpha pattern) then still draw the same.
+    -> (tensors, safetensors metadata, relative error ||dW - fit||_F / ||dW||_F over all modules)
+    """
+    from diffusers.utils import convert_state_dict_to_kohya
+
+    fits, err2, norm2 = {}, 0.0, 0.0
+    for path, dw in deltas.items():
+        dw = dw.detach().to("cpu", torch.float64)
+        u, sv, vh = torch.linalg.svd(dw, full_matrices=False)  # dw = u diag(sv) vh
+        r = int((sv > rtol * sv[0]).sum()) if float(sv[0]) > 0 else 1
+        r = max(1, min(r, rank) if rank else r)
+        up, down = u[:, :r] * sv[:r], vh[:r]  # [out, r], [r, in]
+        err2 += float(((dw - up @ down) ** 2).sum())
+        norm2 += float((dw ** 2).sum())
+        fits[path] = (up, down)
+    alpha = max(d.shape[0] for _, d in fits.values())
+    peft = {}
+    for path, (up, down) in fits.items():
+        peft[f"{path}.lora_A.weight"] = down.float().contiguous()
+        peft[f"{path}.lora_B.weight"] = (up * (down.shape[0] / alpha)).float().contiguous()
+    tensors = {k: (torch.tensor(float(alpha)) if k.endswith(".alpha") else v.contiguous())
+               for k, v in convert_state_dict_to_kohya(peft).items()}
+    ranks = sorted({d.shape[0] for _, d in fits.values()})
+    meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(alpha), "ss_network_alpha": str(alpha),
+            "boothkit_lora_ranks": json.dumps(ranks)}
+    return tensors, meta, (err2 / norm2) ** 0.5 if norm2 else 0.0
 
 
 def kohya_lora(pipe) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -121,8 +164,11 @@ def export_name(name: str | None, folder: Path) -> str:
 
 
 def export_concept(concept: str | Path, out: str | Path, *, name: str | None = None, model: str | None = None,
-                   fmt: str = FORMAT) -> dict:
-    """Write `concept` in webui files under `out` (a new or empty folder); returns export.json's content."""
+                   fmt: str = FORMAT, rank: int = 0) -> dict:
+    """Write `concept` in webui files under `out` (a new or empty folder); returns export.json's content.
+
+    rank: for Custom Diffusion, the LoRA rank of the fit of its weight changes (0: exact); other methods' LoRAs are
+    exported at their own rank."""
     from . import METHODS
     from .core import apply_concepts
 
@@ -137,6 +183,8 @@ def export_concept(concept: str | Path, out: str | Path, *, name: str | None = N
     if spec.export is None:
         raise InputError(f"{folder}: {method} concepts cannot be exported for a webui: "
                          f"{EXPORT_HINTS.get(method, 'no webui file holds them')}")
+    if rank < 0:
+        raise InputError(f"--rank must be >= 0 (0: exact; got {rank})")
     stem = export_name(name, folder)
     out = Path(out)
     if out.exists() and (out.is_file() or any(out.iterdir())):
@@ -148,22 +196,24 @@ def export_concept(concept: str | Path, out: str | Path, *, name: str | None = N
         pipe = load_pipeline(model or meta.get("base_model") or "world", device="cpu", dtype="fp32", progress=False)
         return apply_concepts(pipe, [folder])  # refuses a concept made for another base model
 
-    got: WebuiFiles = spec.export(ExportContext(folder, meta, stem, load_base))
+    got: WebuiFiles | None = spec.export(ExportContext(folder, meta, stem, load_base, {"rank": rank}))
+    if got is None:
+        raise InputError(f"{folder}: this {method} concept cannot be exported for a webui: "
+                         f"{EXPORT_HINTS.get(method, 'no webui file holds it')}")
     from safetensors.torch import save_file
 
     from .. import __version__
 
     record = {"format": FORMAT, "concept": str(folder), "method": method, "name": stem, "prompt": got.prompt,
               "base_model": meta.get("base_model"), "model_hash": meta.get("model_hash"),
-              "tokens": meta.get("tokens"), "boothkit_version": __version__, "files": {}}
+              "tokens": meta.get("tokens"), "boothkit_version": __version__, **got.notes,
+              "files": sorted(f"{key}.safetensors" for key in got.files)}
     with staged_folder(out) as tmp:
-        for kind, tensors in got.files.items():
-            rel = f"{kind}/{stem}.safetensors"
-            (tmp / kind).mkdir()
+        for key, tensors in got.files.items():
+            (tmp / key).parent.mkdir(parents=True, exist_ok=True)
             info = {"boothkit_concept": folder.resolve().name, "boothkit_method": method,
                     "boothkit_model_hash": str(meta.get("model_hash")), "boothkit_version": __version__,
-                    **got.metadata.get(kind, {})}
-            save_file(tensors, str(tmp / rel), metadata=info)
-            record["files"][kind] = rel
+                    **got.metadata.get(key, {})}
+            save_file(tensors, str(tmp / f"{key}.safetensors"), metadata=info)
         (tmp / EXPORT_FILE).write_text(json.dumps(record, indent=1))
     return record

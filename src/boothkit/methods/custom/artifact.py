@@ -55,3 +55,33 @@ def load(pipe, folder: Path, meta: dict) -> None:
     for token in meta["tokens"]:
         pipe.load_textual_inversion(str(folder), weight_name=embedding_file(token), token=token)
     pipe._boothkit_custom_loaded = str(folder)
+
+
+def export_webui(ctx):
+    """The changed key/value projections as a LoRA (dW's SVD factors: exact, or the best fit of rank --rank) and
+    each modifier token as an A1111 embedding (methods/webui.py). None when the concept also trained to_out's bias
+    (train_q_out), which no LoRA holds."""
+    from ..webui import WebuiFiles, a1111_embedding, lowrank_lora, replace_token
+
+    folder = Path(ctx.folder)
+    state = load_file(str(folder / WEIGHTS))
+    if any(k.endswith(".bias") for k in state):
+        return None
+    unet = ctx.load_base().unet  # its own projections are the base's: the concept lives in the processors
+    deltas = {}
+    for key, w in state.items():  # '<...>.attn2.processor.to_k_custom_diffusion.weight'
+        proc, param = key.rsplit(".processor.", 1)
+        layer = param.split("_custom_diffusion")[0] + param.split("_custom_diffusion")[1].rsplit(".weight", 1)[0]
+        base = unet.get_submodule(f"{proc}.{layer}").weight
+        deltas[f"unet.{proc}.{layer}"] = w.to(base.dtype) - base.detach()
+    tensors, info, err = lowrank_lora(deltas, rank=int(ctx.options.get("rank") or 0))
+    tokens = ctx.meta["tokens"]
+    names = [ctx.name] + [f"{ctx.name}-{i + 1}" for i in range(1, len(tokens))]
+    classes = ctx.meta.get("classes") or [ctx.meta.get("class", "")] * len(tokens)
+    prompt = "a photo of " + " and ".join(f"{t} {c}".strip() for t, c in zip(tokens, classes))  # every subject
+    files, metadata = {f"lora/{ctx.name}": tensors}, {f"lora/{ctx.name}": info}
+    for token, name in zip(tokens, names):
+        files[f"embeddings/{name}"] = a1111_embedding(load_file(str(folder / embedding_file(token)))[token])
+        prompt = replace_token(prompt, token, name)
+    return WebuiFiles(prompt=f"{prompt} <lora:{ctx.name}:1>", files=files, metadata=metadata,
+                      notes={"lora_relative_error": round(err, 8)})

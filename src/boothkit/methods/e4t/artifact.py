@@ -188,4 +188,4 @@ def export_webui(ctx):
     words = ti_artifact.export_webui(ctx)
     tensors, info = kohya_lora(ctx.load_base())
     return WebuiFiles(prompt=f"{words.prompt} <lora:{ctx.name}:1>",
-                      files={**words.files, "lora": tensors}, metadata={"lora": info})
+                      files={**words.files, f"lora/{ctx.name}": tensors}, metadata={f"lora/{ctx.name}": info})

@@ -38,5 +38,5 @@ def export_webui(ctx):
     from ..webui import WebuiFiles, kohya_lora
 
     tensors, info = kohya_lora(ctx.load_base())
-    return WebuiFiles(prompt=f"{ctx.meta['prompt']} <lora:{ctx.name}:1>", files={"lora": tensors},
-                      metadata={"lora": info})
+    key = f"lora/{ctx.name}"
+    return WebuiFiles(prompt=f"{ctx.meta['prompt']} <lora:{ctx.name}:1>", files={key: tensors}, metadata={key: info})

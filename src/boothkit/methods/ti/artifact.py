@@ -29,9 +29,9 @@ def export_webui(ctx):
     """The learned vectors as an A1111 embedding (methods/webui.py); its file name replaces the token in prompts."""
     from safetensors.torch import load_file
 
-    from ..webui import WebuiFiles, embedding_file, replace_token
+    from ..webui import WebuiFiles, a1111_embedding, replace_token
 
     token = ctx.meta["tokens"][0]
     vectors = load_file(str(Path(ctx.folder) / WEIGHTS))[token]  # [n_vectors, dim]
     return WebuiFiles(prompt=replace_token(ctx.meta["prompt"], token, ctx.name),
-                      files={"embeddings": embedding_file(vectors)})
+                      files={f"embeddings/{ctx.name}": a1111_embedding(vectors)})
