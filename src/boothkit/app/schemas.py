@@ -46,7 +46,7 @@ class Concept(BaseModel):
     artifact_url: str
     webui_url: str | None = Field(None, description="zip of the concept as AUTOMATIC1111 / ComfyUI files (a "
                                   "kohya-layout LoRA and/or an A1111 embedding, as `boothkit export` writes); null "
-                                  "for methods that have none (full DreamBooth, InstantBooth)")
+                                  "for methods that have none (InstantBooth)")
 
 
 class ConceptCreated(BaseModel):

@@ -10,15 +10,17 @@ def register(app: typer.Typer) -> None:
 
 
 def export(
-    concept: str = typer.Argument(..., help="Concept folder (boothkit tune's --out): lora, ti, e4t or custom."),
+    concept: str = typer.Argument(..., help="Concept folder (boothkit tune's --out): lora, ti, e4t, custom or "
+                                  "dreambooth."),
     out: str = typer.Option(..., "--out", "-o", help="New (or empty) folder for the exported files."),
     name: str = typer.Option(None, "--name", help="File name stem: the webui's LoRA name and embedding trigger "
                              "word (default: the concept folder's name)."),
     fmt: str = typer.Option("webui", "--format", help="webui: kohya-layout LoRA + A1111 embedding safetensors."),
     model: str = typer.Option(None, "--model", help="Base model to load the concept into (default: the one "
                               "concept.json names)."),
-    rank: int = typer.Option(0, "--rank", help="Custom Diffusion only: LoRA rank of the fit of its weight changes "
-                             "(0: exact, every non-zero singular value)."),
+    rank: int = typer.Option(None, "--rank", help="Custom Diffusion and full DreamBooth: LoRA rank of the fit of "
+                             "their weight changes (0: exact; default: exact for Custom Diffusion, 64 for "
+                             "DreamBooth)."),
 ):
     """Export a concept for AUTOMATIC1111 / ComfyUI / SD.Next: lora/NAME.safetensors (kohya layout) and/or
     embeddings/NAME.safetensors (A1111 embedding), plus export.json with the prompt to use."""
@@ -39,6 +41,8 @@ def export(
     typer.echo(f"prompt: {record['prompt']}")
     if "lora_relative_error" in record:
         typer.echo(f"  (LoRA fit of the weight changes: relative error {record['lora_relative_error']:.2g})")
+    if "change_outside_the_lora" in record:
+        typer.echo(f"  (share of the weight change a LoRA cannot carry: {record['change_outside_the_lora']:.2g})")
     if "embeddings" in kinds:
         typer.echo("  (ComfyUI: write embedding:NAME for each trigger word" +
                    (", and load the LoRA with a LoraLoader node)" if "lora" in kinds else ")"))

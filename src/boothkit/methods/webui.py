@@ -15,8 +15,12 @@ factors of its SVD (`lowrank_lora`: every non-zero singular value, so the change
 --rank the best fit of that rank, its error in export.json); each modifier token becomes an embedding (<name>,
 <name>-2, ... when there are several).
 
-Each method says what it exports in its artifact.py (`export_webui`, the MethodSpec's `export`). Full DreamBooth and
-InstantBooth concepts have no file of these kinds; `EXPORT_HINTS` says what to do instead.
+A full DreamBooth concept becomes a LoRA extracted from it, as kohya's extract_lora_from_models does: the changes of
+the transformer blocks' and text encoder's linear layers, fitted at rank DREAMBOOTH_RANK (or --rank); what that
+leaves out (convolutions, norms, biases, embeddings, and the fit's residual) is measured in export.json.
+
+Each method says what it exports in its artifact.py (`export_webui`, the MethodSpec's `export`). InstantBooth
+concepts have no file of these kinds; `EXPORT_HINTS` says what to do instead.
 The output folder is written staged and renamed into place: on any error nothing is left behind.
 """
 
@@ -33,13 +37,11 @@ import torch
 from ..inputs import InputError, read_concept, staged_folder
 
 FORMAT = "webui"
+DREAMBOOTH_RANK = 64  #: default rank of a LoRA extracted from a full DreamBooth concept (a common kohya choice)
 EXPORT_FILE = "export.json"
 
 #: why a method has no webui export, and what to use instead
 EXPORT_HINTS = {
-    "dreambooth": "a full DreamBooth concept is a whole diffusers pipeline folder: ComfyUI's DiffusersLoader reads "
-                  "it as it is; AUTOMATIC1111 needs a single-file checkpoint, which diffusers' script "
-                  "scripts/convert_diffusers_to_original_stable_diffusion.py writes",
     "custom": "this Custom Diffusion concept also trained the output projection's bias (train_q_out), which a "
               "webui LoRA cannot hold; use it with diffusers (boothkit generate --concept)",
     "instantbooth": "InstantBooth's adapters are attention processors that no webui loads; use boothkit generate "
@@ -54,8 +56,9 @@ class ExportContext:
     folder: Path
     meta: dict
     name: str
-    load_base: Callable[[], object]  #: a fresh base pipeline (the concept's model, or --model); loaded when called
-    options: dict = field(default_factory=dict)  #: {"rank": r}: the LoRA rank of a low-rank fit (0: exact)
+    load_base: Callable[[], object]  #: a fresh base pipeline with the concept applied; loaded when called
+    load_plain: Callable[[], object]  #: a fresh base pipeline as it is (the concept's model, or --model)
+    options: dict = field(default_factory=dict)  #: {"rank": r or None}: the LoRA rank of a fit (0: exact)
 
 
 @dataclass
@@ -102,7 +105,7 @@ def lowrank_lora(deltas: dict[str, torch.Tensor], rank: int = 0, rtol: float = 1
     for path, (up, down) in fits.items():
         peft[f"{path}.lora_A.weight"] = down.float().contiguous()
         peft[f"{path}.lora_B.weight"] = (up * (down.shape[0] / alpha)).float().contiguous()
-    tensors = {k: (torch.tensor(float(alpha)) if k.endswith(".alpha") else v.contiguous())
+    tensors = {_sd1_name(k): (torch.tensor(float(alpha)) if k.endswith(".alpha") else v.contiguous())
                for k, v in convert_state_dict_to_kohya(peft).items()}
     ranks = sorted({d.shape[0] for _, d in fits.values()})
     meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(alpha), "ss_network_alpha": str(alpha),
@@ -138,12 +141,23 @@ def kohya_lora(pipe) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         prefix = next(p for p in alphas if key.startswith(p))
         if key.endswith(".alpha"):  # diffusers writes alpha = rank (scale 1); kohya's scale is alpha / rank
             value = torch.tensor(alphas[prefix])
-        # SD 1.x/2.x have one text encoder: kohya's own scripts name it lora_te_ (lora_te1_/lora_te2_ are SDXL's)
-        key = "lora_te_" + key[len("lora_te1_"):] if prefix == "lora_te1_" else key
-        tensors[key] = value.detach().to("cpu", torch.float32).contiguous()
+        tensors[_sd1_name(key)] = value.detach().to("cpu", torch.float32).contiguous()
     meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(max(ranks)),
             "ss_network_alpha": str(alphas.get("lora_unet_", next(iter(alphas.values()))))}
     return tensors, meta
+
+
+def _sd1_name(key: str) -> str:
+    """Text-encoder keys as kohya's scripts write them for SD 1.x/2.x: `lora_te_text_model_encoder_layers_...`.
+
+    SD 1.x/2.x have one text encoder, lora_te_ (lora_te1_/lora_te2_ are SDXL's); and transformers 5's CLIPTextModel
+    has no `text_model.` level in its module names, which webuis' key maps expect.
+    """
+    for prefix in ("lora_te1_", "lora_te_"):
+        if key.startswith(prefix):
+            rest = key[len(prefix):]
+            return "lora_te_" + (rest if rest.startswith("text_model_") else "text_model_" + rest)
+    return key
 
 
 def replace_token(prompt: str, token: str, word: str) -> str:
@@ -164,11 +178,11 @@ def export_name(name: str | None, folder: Path) -> str:
 
 
 def export_concept(concept: str | Path, out: str | Path, *, name: str | None = None, model: str | None = None,
-                   fmt: str = FORMAT, rank: int = 0) -> dict:
+                   fmt: str = FORMAT, rank: int | None = None) -> dict:
     """Write `concept` in webui files under `out` (a new or empty folder); returns export.json's content.
 
-    rank: for Custom Diffusion, the LoRA rank of the fit of its weight changes (0: exact); other methods' LoRAs are
-    exported at their own rank."""
+    rank: the LoRA rank of the fit of weight changes, for Custom Diffusion (None or 0: exact) and full DreamBooth
+    (None: DREAMBOOTH_RANK; 0: exact); LoRA and E4T concepts are exported at their own rank."""
     from . import METHODS
     from .core import apply_concepts
 
@@ -183,20 +197,27 @@ def export_concept(concept: str | Path, out: str | Path, *, name: str | None = N
     if spec.export is None:
         raise InputError(f"{folder}: {method} concepts cannot be exported for a webui: "
                          f"{EXPORT_HINTS.get(method, 'no webui file holds them')}")
-    if rank < 0:
+    if rank is not None and rank < 0:
         raise InputError(f"--rank must be >= 0 (0: exact; got {rank})")
     stem = export_name(name, folder)
     out = Path(out)
     if out.exists() and (out.is_file() or any(out.iterdir())):
         raise InputError(f"--out {out}: exists and is not empty; pick a new folder")
 
-    def load_base():
+    def load_plain():
         from ..pipeline import load_pipeline
+        from .core import pipeline_model_hash
 
         pipe = load_pipeline(model or meta.get("base_model") or "world", device="cpu", dtype="fp32", progress=False)
-        return apply_concepts(pipe, [folder])  # refuses a concept made for another base model
+        if pipeline_model_hash(pipe) != meta.get("model_hash"):
+            raise InputError(f"{folder} was made for base model {meta.get('base_model')!r} (hash "
+                             f"{meta.get('model_hash')}), not this one: pass the model it was made for (--model)")
+        return pipe
 
-    got: WebuiFiles | None = spec.export(ExportContext(folder, meta, stem, load_base, {"rank": rank}))
+    def load_base():
+        return apply_concepts(load_plain(), [folder])
+
+    got: WebuiFiles | None = spec.export(ExportContext(folder, meta, stem, load_base, load_plain, {"rank": rank}))
     if got is None:
         raise InputError(f"{folder}: this {method} concept cannot be exported for a webui: "
                          f"{EXPORT_HINTS.get(method, 'no webui file holds it')}")

@@ -74,7 +74,7 @@ def export_webui(ctx):
         layer = param.split("_custom_diffusion")[0] + param.split("_custom_diffusion")[1].rsplit(".weight", 1)[0]
         base = unet.get_submodule(f"{proc}.{layer}").weight
         deltas[f"unet.{proc}.{layer}"] = w.to(base.dtype) - base.detach()
-    tensors, info, err = lowrank_lora(deltas, rank=int(ctx.options.get("rank") or 0))
+    tensors, info, err = lowrank_lora(deltas, rank=ctx.options.get("rank") or 0)
     tokens = ctx.meta["tokens"]
     names = [ctx.name] + [f"{ctx.name}-{i + 1}" for i in range(1, len(tokens))]
     classes = ctx.meta.get("classes") or [ctx.meta.get("class", "")] * len(tokens)

@@ -29,3 +29,58 @@ def load(pipe, folder: Path, meta: dict) -> None:
             raise ValueError(f"{folder}/{name}: weights do not match the base model's {name} "
                              f"(missing {len(missing)}, unexpected {len(unexpected)})")
         module.to(pipe.device, pipe.dtype)
+
+
+def export_webui(ctx):
+    """A LoRA extracted from the fine-tuned weights (methods/webui.py), as kohya's extract_lora_from_models does:
+    the changes of the UNet transformer blocks' linear layers (and the text encoder's, when it was trained), fitted
+    at the export's rank. export.json says how much of the whole change that leaves out."""
+    from safetensors.torch import load_file
+
+    from ...inputs import InputError
+    from ..webui import DREAMBOOTH_RANK, WebuiFiles, lowrank_lora
+
+    base = ctx.load_plain()
+    deltas, total2, kept2 = {}, 0.0, 0.0
+    for name in ctx.meta.get("trained_modules", ["unet"]):
+        module = getattr(base, name)
+        plain = module.state_dict()
+        tuned = {}
+        for f in sorted((Path(ctx.folder) / name).glob("*.safetensors")):
+            tuned.update(load_file(str(f)))
+        for key, w in tuned.items():
+            b = plain.get(key)
+            if b is None or b.shape != w.shape:
+                raise InputError(f"{ctx.folder}/{name}: {key} does not match the base model's {name}")
+            d = w.double() - b.double()
+            n2 = float((d ** 2).sum())
+            total2 += n2
+            path = key.rsplit(".", 1)[0]
+            if n2 == 0 or not key.endswith(".weight") or not _lora_layer(name, path, module):
+                continue
+            deltas[f"{name}.{path}"] = d
+            kept2 += n2
+    if not deltas:
+        raise InputError(f"{ctx.folder}: no linear layer of the transformer blocks changed; nothing to extract")
+    tensors, info, err = lowrank_lora(deltas, rank=DREAMBOOTH_RANK if ctx.options.get("rank") is None
+                                      else ctx.options["rank"])
+    token, cls = ctx.meta["tokens"][0], ctx.meta.get("class", "")
+    return WebuiFiles(prompt=f"{ctx.meta['prompt']} <lora:{ctx.name}:1>", files={f"lora/{ctx.name}": tensors},
+                      metadata={f"lora/{ctx.name}": info},
+                      notes={"lora_relative_error": round(err, 6),
+                             "change_outside_the_lora": round(((total2 - kept2) / total2) ** 0.5 if total2 else 0.0,
+                                                              6),
+                             "extracted_from": f"full DreamBooth ({token} {cls})".strip()})
+
+
+def _lora_layer(module_name: str, path: str, module) -> bool:
+    """A linear layer kohya's SD LoRA covers: in the UNet's transformer blocks (attention, feed-forward, projections);
+    in the text encoder's attention and MLP."""
+    import torch
+
+    layer = module.get_submodule(path)
+    if not isinstance(layer, torch.nn.Linear):
+        return False
+    if module_name == "unet":
+        return ".attentions." in f".{path}"
+    return ".self_attn." in path or ".mlp." in path

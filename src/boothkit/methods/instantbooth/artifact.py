@@ -56,11 +56,17 @@ def load(folder: str | Path, **overrides) -> tuple[InstantBooth, dict]:
     folder = Path(folder)
     meta = read_meta(folder)
     cfg = InstantBoothConfig.from_dict({**meta["config"], **{k: v for k, v in overrides.items() if v is not None}})
-    model = InstantBooth(cfg, meta["dims"])
+    import torch
+
+    with torch.device("meta"):  # shapes only: no random init of weights that are overwritten next (time to image)
+        model = InstantBooth(cfg, meta["dims"])
     tensors = load_file(str(folder / WEIGHTS))
     want, have = set(model.state_dict()), set(tensors)
     if want != have:
         raise InputError(f"--instant {folder}: {WEIGHTS} does not match its {META}: missing "
                          f"{sorted(want - have)[:3]}, unexpected {sorted(have - want)[:3]}")
-    model.load_state_dict(tensors)
+    model.load_state_dict(tensors, assign=True)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise InputError(f"--instant {folder}: {WEIGHTS} leaves {left[:3]} without values")
     return model.eval().requires_grad_(False), meta
