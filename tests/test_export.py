@@ -215,3 +215,44 @@ def test_app_serves_the_webui_files_of_a_concept(tmp_path):
         r = http("GET", s.url + "/api/concepts/stand/webui")
         assert r.status == 409 and "no webui files" in r.json()["detail"]
         assert not [p for p in (tmp_path / "data" / "trash").iterdir()]  # nothing left behind
+
+
+def test_app_webui_downloads_at_once_all_succeed_and_leave_nothing(tmp_path, tiny_model, lora_concept, monkeypatch):
+    """Each LoRA export loads a base pipeline and applies the concept; loads patch process-wide hooks, so they are
+    serialised (pipeline.PIPELINE_LOCK): two at once used to break every later load of the server."""
+    import io
+    import shutil
+    import threading
+    import zipfile
+
+    from boothkit.app.registry import registered_methods
+    from boothkit.app.server import AppConfig
+    from boothkit.app.storage import Store
+    from test_app_support import ServerThread, http
+
+    data = tmp_path / "data"
+    store = Store(data)
+    job = store.add_job(store.new_job_id(), concept="ratlora", method="lora", class_noun="animal", model=tiny_model,
+                        steps=3, n_images=5)
+    shutil.copytree(lora_concept, tmp_path / "c")
+    store.finish_job(job, tmp_path / "c")
+    cfg = AppConfig(data=data, model=tiny_model, methods={"lora": registered_methods()["lora"]}, preload=False)
+    with ServerThread(cfg) as s:
+        url = s.url + "/api/concepts/ratlora/webui"
+        got = []
+        threads = [threading.Thread(target=lambda: got.append(http("GET", url))) for _ in range(3)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert [r.status for r in got] == [200, 200, 200], got[0].body[:300]
+        with zipfile.ZipFile(io.BytesIO(got[0].body)) as zf:
+            record = json.loads(zf.read("ratlora-webui/export.json"))
+        assert record["concept"] == "ratlora" and str(data) not in json.dumps(record)  # no server path in the zip
+        g = http("POST", s.url + "/api/generate", json_body={"prompt": "a photo of <ratlora>", "steps": 2})
+        assert g.status == 200, g.body[:300]  # loads still work afterwards
+
+        def fail(self, *a, **k):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(zipfile.ZipFile, "write", fail)
+        assert http("GET", url).status == 500
+    assert not [p for p in (data / "trash").iterdir() if p.suffix == ".zip"]  # the failed zip was removed

@@ -105,6 +105,28 @@ def test_model_hash_is_remembered_by_file_stamp_and_recomputed_when_a_file_chang
     assert changed != first and changed == pipeline.hash_files(files)
 
 
+def test_model_hash_sees_a_replacement_with_the_same_size_and_mtime(tmp_path, tiny_model):
+    """What `cp -p`, `rsync -a` or `tar x` leave: another file with the old size and modification time."""
+    import shutil
+
+    from boothkit import pipeline
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    f = sorted((model / "unet").glob("*.safetensors"))[0]
+    files = sorted((model / "unet").glob("*.safetensors")) + sorted((model / "text_encoder").glob("*.safetensors"))
+    first = model_hash(str(model))
+    st = os.stat(f)
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    new = f.with_suffix(".new")
+    new.write_bytes(bytes(data))
+    os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(new, f)
+    assert os.stat(f).st_size == st.st_size and os.stat(f).st_mtime_ns == st.st_mtime_ns
+    assert model_hash(str(model)) == pipeline.hash_files(files) != first
+
+
 def test_model_hash_works_without_a_writable_cache(tmp_path, tiny_model, monkeypatch):
     from boothkit import pipeline
 

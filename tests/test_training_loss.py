@@ -225,3 +225,16 @@ def test_lr_scheduler_names_are_diffusers():
 def test_bad_training_options_are_input_errors(bad, match):
     with pytest.raises(InputError, match=match):
         TrainConfig.from_dict(bad)
+
+
+def test_min_snr_weight_is_one_at_a_zero_terminal_snr():
+    """Zero-terminal-SNR schedules (rescale_betas_zero_snr) have SNR = 0 at t = T - 1: min(0, g) / 0 would be NaN
+    for epsilon models; diffusers' scripts use weight 1 there."""
+    from diffusers import DDPMScheduler
+
+    from boothkit.training.loss import min_snr_weights
+
+    s = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True,
+                      prediction_type="epsilon")
+    w = min_snr_weights(s, torch.tensor([0, 500, 999]), 5.0)
+    assert torch.isfinite(w).all() and float(w[2]) == 1.0 and 0 < float(w[0]) < 1

@@ -124,3 +124,26 @@ def test_gradient_checkpointing_and_accumulation_run(tmp_path, tiny_model, subje
     out = tune("dreambooth", subject_photos, "animal", tmp_path / "c", model=tiny_model, steps=2, config=cfg)
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2]
+
+
+def test_options_added_later_leave_the_run_id_of_older_checkpoints_unchanged(tmp_path, tiny_model, subject_photos,
+                                                                             monkeypatch):
+    """A checkpoint written before lr_scheduler, snr_gamma, ... existed must still resume: at their defaults they
+    are not part of the run id; set, they are (another run)."""
+    import boothkit.training.loop as loop
+    from boothkit.methods import tune
+
+    seen = []
+
+    def capture(recipe, cfg, work, *, run_info, **kw):
+        seen.append(run_info["config"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train", capture)
+    later = ("lr_scheduler", "lr_num_cycles", "lr_power", "snr_gamma", "noise_offset")
+    for i, extra in enumerate(({}, {"snr_gamma": 5, "lr_scheduler": "cosine"})):
+        with pytest.raises(KeyboardInterrupt):
+            tune("lora", subject_photos, "animal", tmp_path / f"c{i}", model=tiny_model, steps=2,
+                 config={"validation_images": 0, **extra})
+    assert not set(later) & set(seen[0]) and "lr" in seen[0]
+    assert seen[1]["snr_gamma"] == 5.0 and seen[1]["lr_scheduler"] == "cosine" and "noise_offset" not in seen[1]

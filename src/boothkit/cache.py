@@ -1,9 +1,11 @@
 """Where boothkit keeps what it can rebuild (glyph atlas, judge prototypes, class images, weight hashes).
 
-`file_digest_cache()` remembers content hashes of weight files across processes (SQLite), keyed by each file's
-resolved path, size and modification time (nanoseconds), as build tools and git's index decide "unchanged": a
-Stable Diffusion UNet is 3.4 GB, and every `tune`, `generate --concept` and app request checks a concept's base
-model hash. A file rewritten in place with the same size and mtime would be missed; anything else changes the key.
+`cached_digest()` remembers content hashes of weight files across processes (SQLite), keyed by each file's resolved
+path, device, inode, size, modification time and status-change time (nanoseconds), the fields git's index compares
+to decide "unchanged": a Stable Diffusion UNet is 3.4 GB, and every `tune`, `generate --concept` and app request
+checks a concept's base model hash. Copies that keep the modification time (`cp -p`, `rsync -a`, `tar x`) still get
+a new inode and ctime, which ordinary tools cannot set; only a file rewritten while the clock is turned back to
+its old ctime would be missed. A digest is stored only if the files' stamp is the same after hashing as before.
 The cache is an optimisation only: if its database cannot be opened or written, hashing just happens again.
 """
 
@@ -33,11 +35,12 @@ def cache_dir() -> Path:
 
 
 def _stamp(files: list[Path]) -> str:
-    """What identifies these files' contents without reading them: resolved path, size, mtime_ns (in order)."""
+    """What identifies these files' contents without reading them (in order): resolved path, device, inode, size,
+    mtime_ns, ctime_ns."""
     rows = []
     for f in files:
         st = os.stat(f)  # follows symlinks (the hub cache's snapshot files point at blobs)
-        rows.append([str(Path(f).resolve()), st.st_size, st.st_mtime_ns])
+        rows.append([str(Path(f).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
@@ -62,6 +65,8 @@ def cached_digest(files: list[Path], compute) -> str:
         pass
     digest = compute(files)
     try:
+        if _stamp(files) != stamp:  # changed while being read: the digest may be of neither version
+            return digest
         with closing(_db()) as c:
             c.execute("INSERT OR REPLACE INTO digests (stamp, digest) VALUES (?, ?)", (stamp, digest))
     except (sqlite3.Error, OSError):

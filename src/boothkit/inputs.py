@@ -116,15 +116,15 @@ def load_captioned_images(images: str | Path | list, token: str, min_images: int
     for f, _ in pairs:
         txt = f.with_suffix(CAPTION_EXT)
         if not txt.is_file():
-            problems.append(f"{f.name}: no caption file {txt.name}")
+            problems.append(f"{f}: no caption file {txt.name}")
             continue
         try:
             text = " ".join(txt.read_text(encoding="utf-8").split())
         except (OSError, UnicodeDecodeError) as e:
-            problems.append(f"{txt.name}: not readable as UTF-8 text ({e})")
+            problems.append(f"{txt}: not readable as UTF-8 text ({e})")
             continue
         if not word.search(text):
-            problems.append(f"{txt.name}: {text[:60]!r} does not name the subject by its identifier {token!r}")
+            problems.append(f"{txt}: {text[:60]!r} does not name the subject by its identifier {token!r}")
         captions.append(text)
     if problems:
         raise InputError("--captions: every photo needs a caption file that names the subject by its identifier "

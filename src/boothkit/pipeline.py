@@ -5,11 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import torch
 
 WORLD = "world"
+
+#: Held while a pipeline is built or concepts are applied to one. Loading patches process-wide hooks for a moment
+#: (accelerate's init_empty_weights and peft's register_empty_parameter replace nn.Module.register_parameter), so
+#: two threads doing it at once can leave the patch in place and break every later load (the app's workers and
+#: requests run in threads). Re-entrant: apply_concepts may load.
+PIPELINE_LOCK = threading.RLock()
 
 
 class ModelNotFoundError(ValueError):
@@ -85,8 +92,9 @@ def load_pipeline(model: str = WORLD, device: str | None = None, dtype: str | to
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(path, dtype=dt, safety_checker=None,
-                                                       requires_safety_checker=False)
+        with PIPELINE_LOCK:
+            pipe = StableDiffusionPipeline.from_pretrained(path, dtype=dt, safety_checker=None,
+                                                           requires_safety_checker=False)
     except (OSError, ValueError, EnvironmentError) as e:
         if path == model and not Path(model).exists():
             raise ModelNotFoundError(

@@ -275,16 +275,21 @@ def create_app(cfg: AppConfig) -> FastAPI:
             raise RequestError(f"{row['method']} concepts have no webui files: "
                                f"{EXPORT_HINTS.get(row['method'], 'this method does not export')}", 409)
         work = Path(tempfile.mkdtemp(dir=store.root / "trash"))
+        tmp = None
         try:
-            spec.export(store.concept_dir(name), work / "webui", name=name, model=cfg.model)
+            spec.export(store.concept_dir(name), work / "webui", name=name, model=cfg.model)  # loads under a lock
             fd, tmp = tempfile.mkstemp(suffix=".zip", dir=store.root / "trash")
             os.close(fd)
             with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
                 for p in sorted((work / "webui").rglob("*")):
                     if p.is_file():
                         z.write(p, f"{name}-webui/{p.relative_to(work / 'webui')}")
-        except InputError as e:
-            raise RequestError(str(e), 409) from e
+        except BaseException as e:
+            if tmp is not None:
+                os.unlink(tmp)
+            if isinstance(e, InputError):
+                raise RequestError(str(e), 409) from e
+            raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return FileResponse(tmp, media_type="application/zip", filename=f"{name}-webui.zip",

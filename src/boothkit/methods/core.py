@@ -56,7 +56,8 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
     each gets its own token (<new1>, <new2>, ...). device: where the pipeline is loaded before accelerate moves
     it (accelerate picks the training device). captions: train each photo with the caption file beside it
     (`photo.txt`, naming the subject by its token; inputs.load_captioned_images) instead of DreamBooth's one
-    prompt "a photo of <token> <class>"; the class images of prior preservation keep their class prompt.
+    prompt "a photo of <token> <class>"; the class images of prior preservation keep their class prompt, and
+    Custom Diffusion's random_resize puts its size word in front of each caption.
     """
     from ..pipeline import load_pipeline, model_hash
     from ..training.loop import cpu_only, train
@@ -105,7 +106,8 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
         subs.append(Subject(ImageSet.from_images(photos, size, instance_prompt(token, cls), caps), cls, token, prior))
 
     # what decides the weights after step k (so a resume may change --steps or the checkpoint/validation cadence)
-    trajectory = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_TRAJECTORY}
+    trajectory = {k: v for k, v in cfg.to_dict().items()
+                  if k not in _NOT_TRAJECTORY and _ADDED_LATER.get(k, _UNSET) != v}
     run_info = {"method": method, "model_hash": base_hash, "config": trajectory, "tokens": tokens,
                 "classes": [c for _, c in pairs], "photos": [_photos_hash(p) for p in photo_sets],
                 **({"captions": caption_sets} if captions else {})}
@@ -169,6 +171,11 @@ def _encode_concept(spec, pipe, photos, class_noun, tokens, cfg, out, model, bas
 
 _NOT_TRAJECTORY = {"steps", "checkpoint_every", "keep_checkpoints", "validate_every", "validation_images",
                    "validation_steps", "validation_prompt", "keep_training_state"}
+#: options added after checkpoints existed, with their defaults: left out of the run id while at them, so a
+#: checkpoint written before they existed still resumes (the run it continues had them off)
+_ADDED_LATER = {"lr_scheduler": "constant", "lr_num_cycles": 1, "lr_power": 1.0, "snr_gamma": 0.0,
+                "noise_offset": 0.0}
+_UNSET = object()
 
 
 def _tokens(spec, identifier: str | None, n: int) -> list[str]:
@@ -193,8 +200,16 @@ def pipeline_model_hash(pipe) -> str:
 def apply_concepts(pipe, concept_dirs) -> object:
     """Load concept folders into `pipe` (full DreamBooth first, then adapters/embeddings); returns pipe.
 
-    Refuses (InputError) a concept whose base model hash differs from the pipeline's.
+    Refuses (InputError) a concept whose base model hash differs from the pipeline's. Thread-safe against other
+    loads (pipeline.PIPELINE_LOCK).
     """
+    from ..pipeline import PIPELINE_LOCK
+
+    with PIPELINE_LOCK:
+        return _apply_concepts(pipe, concept_dirs)
+
+
+def _apply_concepts(pipe, concept_dirs) -> object:
     metas = []
     for d in concept_dirs:
         d = Path(d)

@@ -170,7 +170,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 def export_name(name: str | None, folder: Path) -> str:
     """The files' stem (the webui's LoRA name and embedding trigger word): --name, or the concept folder's name."""
     if name is None:
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", folder.resolve().name).strip("-.") or "concept"
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", folder.resolve().name).strip("-.")[:64].rstrip("-.") or "concept"
     if not _NAME.match(name) or len(name) > 64:
         raise InputError(f"--name {name!r}: use letters, digits, '_', '-' or '.' (at most 64, no leading symbol); "
                          "it becomes the file names and the webui's trigger word")
@@ -225,7 +225,7 @@ def export_concept(concept: str | Path, out: str | Path, *, name: str | None = N
 
     from .. import __version__
 
-    record = {"format": FORMAT, "concept": str(folder), "method": method, "name": stem, "prompt": got.prompt,
+    record = {"format": FORMAT, "concept": folder.resolve().name, "method": method, "name": stem, "prompt": got.prompt,
               "base_model": meta.get("base_model"), "model_hash": meta.get("model_hash"),
               "tokens": meta.get("tokens"), "boothkit_version": __version__, **got.notes,
               "files": sorted(f"{key}.safetensors" for key in got.files)}

@@ -27,6 +27,9 @@ class DictConfig:
         if unknown:
             raise InputError(f"config: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
         for f in fields(cls):  # type check what JSON can get wrong
+            if f.name in d and f.type in ("float | None", "float | None = None") and isinstance(d[f.name], int) \
+                    and not isinstance(d[f.name], bool):
+                d[f.name] = float(d[f.name])  # an optional float given as an int
             if f.name in d and f.type in ("int", "float", "bool", "str"):
                 v = d[f.name]
                 want = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
@@ -47,9 +50,9 @@ class TrainConfig(DictConfig):
     steps: int = 200  #: optimizer steps
     lr: float = 1e-4  #: AdamW learning rate
     lr_warmup: int = 0  #: linear warm-up steps
-    #: constant (after the warm-up, lr * (step + 1) / lr_warmup), or a diffusers schedule over `steps`, as diffusers'
-    #: training scripts' --lr_scheduler (their warm-up is lr * step / lr_warmup): constant_with_warmup, linear,
-    #: cosine, cosine_with_restarts, polynomial
+    #: constant (lr, after a warm-up of lr * (step + 1) / lr_warmup), or a diffusers schedule over `steps`, as
+    #: diffusers' training scripts' --lr_scheduler (their warm-up is lr * step / lr_warmup): constant_with_warmup,
+    #: linear, cosine, cosine_with_restarts, polynomial
     lr_scheduler: str = "constant"
     lr_num_cycles: int = 1  #: hard restarts of cosine_with_restarts (diffusers' --lr_num_cycles)
     lr_power: float = 1.0  #: power of the polynomial decay (diffusers' --lr_power)

@@ -92,8 +92,8 @@ def min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
     snr = compute_snr(scheduler, t)  # [B] float32
     capped = snr.clamp(max=gamma)  # min(SNR, gamma)
     kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return capped / snr
+    if kind == "epsilon":  # at a zero terminal SNR (rescale_betas_zero_snr) 0 / 0: weight 1, as diffusers' scripts
+        return torch.where(snr == 0, torch.ones_like(snr), capped / snr.clamp_min(torch.finfo(snr.dtype).tiny))
     if kind == "v_prediction":
         return capped / (snr + 1)
     if kind == "sample":
