@@ -166,7 +166,7 @@ def model_hash(model: str) -> str:
         return "id:" + hashlib.sha256(model.encode()).hexdigest()[:16]
     files = [f for sub in ("unet", "text_encoder")
              for f in sorted((path / sub).glob("*.safetensors")) + sorted((path / sub).glob("*.bin"))]
-    return cached_digest(files, hash_files)  # remembered by path, size and mtime (boothkit.cache)
+    return cached_digest(files, hash_files)  # remembered by the files' stamps (boothkit.cache)
 
 
 def hash_files(files) -> str:

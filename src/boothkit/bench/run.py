@@ -111,16 +111,25 @@ def _captioned_photos(out: Path, method: str, concept: Concept, n: int) -> Path:
         return folder
     images, scenes = render_references(concept, n=n, seed=0,
                                        caption_name=f"{METHODS[method].default_identifier} {concept.cls}")
+    _write_photos(folder, images, [s.caption for s in scenes])
+    return folder
+
+
+def _write_photos(folder: Path, images, captions: list[str] | None = None) -> None:
+    """A subject's reference photos (and their captions) as NN.png (NN.txt), written whole or not at all; several
+    bench processes may race to write the same (deterministic) files, the first wins."""
+    if folder.exists():
+        return
     tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    for i, (im, scene) in enumerate(zip(images, scenes)):
+    for i, im in enumerate(images):
         im.save(tmp / f"{i:02d}.png")
-        (tmp / f"{i:02d}.txt").write_text(scene.caption + "\n", encoding="utf-8")
+        if captions is not None:
+            (tmp / f"{i:02d}.txt").write_text(captions[i] + "\n", encoding="utf-8")
     try:
         tmp.replace(folder)
-    except OSError:  # another process wrote the same (deterministic) files first
+    except OSError:  # another process wrote the same files first
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def unit_path(out: Path, method: str, concept: Concept) -> Path:
@@ -199,15 +208,7 @@ def run_world(cfg: BenchConfig) -> dict:
             continue
         photos = render_references(concept, n=preset.n_references, seed=0)[0]
         photos_dir = out / "work" / "photos" / concept.slug
-        if not photos_dir.exists():
-            tmp = photos_dir.with_name(f"{photos_dir.name}.{os.getpid()}.tmp")
-            tmp.mkdir(parents=True, exist_ok=True)
-            for i, im in enumerate(photos):
-                im.save(tmp / f"{i:02d}.png")
-            try:
-                tmp.replace(photos_dir)
-            except OSError:  # another process wrote the same (deterministic) photos first
-                shutil.rmtree(tmp, ignore_errors=True)
+        _write_photos(photos_dir, photos)
         if cfg.captions and _trains(method):
             photos_dir = _captioned_photos(out, method, concept, preset.n_references)
         refs = scorer.refs(concept, from_pil(photos))

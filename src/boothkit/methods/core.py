@@ -10,6 +10,7 @@ from typing import Callable
 from .. import __version__
 from ..inputs import (CONCEPT_FILE, InputError, check_out, load_captioned_images, load_subject_images,
                       read_concept, staged_folder)
+from ..training.config import TrainConfig
 from ..training.data import ImageSet
 from ..training.recipe import Subject
 
@@ -173,8 +174,8 @@ _NOT_TRAJECTORY = {"steps", "checkpoint_every", "keep_checkpoints", "validate_ev
                    "validation_steps", "validation_prompt", "keep_training_state"}
 #: options added after checkpoints existed, with their defaults: left out of the run id while at them, so a
 #: checkpoint written before they existed still resumes (the run it continues had them off)
-_ADDED_LATER = {"lr_scheduler": "constant", "lr_num_cycles": 1, "lr_power": 1.0, "snr_gamma": 0.0,
-                "noise_offset": 0.0}
+_ADDED_LATER = {k: TrainConfig.__dataclass_fields__[k].default
+                for k in ("lr_scheduler", "lr_num_cycles", "lr_power", "snr_gamma", "noise_offset")}
 _UNSET = object()
 
 
@@ -209,6 +210,16 @@ def apply_concepts(pipe, concept_dirs) -> object:
         return _apply_concepts(pipe, concept_dirs)
 
 
+def check_base_model(pipe, folder: Path, meta: dict) -> None:
+    """InputError unless the concept at `folder` (its concept.json `meta`) was made for `pipe`'s base model."""
+    have = pipeline_model_hash(pipe)
+    if meta.get("model_hash") != have:
+        raise InputError(
+            f"--concept {folder} was trained on base model {meta.get('base_model')!r} (hash {meta.get('model_hash')}), "
+            f"but this pipeline's base model has hash {have}: load it with the model it was made for "
+            f"(--model {meta.get('base_model')})")
+
+
 def _apply_concepts(pipe, concept_dirs) -> object:
     metas = []
     for d in concept_dirs:
@@ -216,12 +227,7 @@ def _apply_concepts(pipe, concept_dirs) -> object:
         meta = read_concept(d)
         if meta.get("method") not in _registered():
             raise InputError(f"--concept {d}: unknown method {meta.get('method')!r} in {CONCEPT_FILE}")
-        have = pipeline_model_hash(pipe)
-        if meta.get("model_hash") != have:
-            raise InputError(
-                f"--concept {d} was trained on base model {meta.get('base_model')!r} (hash {meta.get('model_hash')}), "
-                f"but this pipeline's base model has hash {have}: load it with the model it was made for "
-                f"(--model {meta.get('base_model')})")
+        check_base_model(pipe, d, meta)
         metas.append((d, meta))
     # full DreamBooth replaces the UNet: first; InstantBooth wraps attention processors: last
     metas.sort(key=lambda dm: {"dreambooth": 0, "instantbooth": 2}.get(dm[1]["method"], 1))

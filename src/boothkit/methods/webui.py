@@ -206,12 +206,10 @@ def export_concept(concept: str | Path, out: str | Path, *, name: str | None = N
 
     def load_plain():
         from ..pipeline import load_pipeline
-        from .core import pipeline_model_hash
+        from .core import check_base_model
 
         pipe = load_pipeline(model or meta.get("base_model") or "world", device="cpu", dtype="fp32", progress=False)
-        if pipeline_model_hash(pipe) != meta.get("model_hash"):
-            raise InputError(f"{folder} was made for base model {meta.get('base_model')!r} (hash "
-                             f"{meta.get('model_hash')}), not this one: pass the model it was made for (--model)")
+        check_base_model(pipe, folder, meta)
         return pipe
 
     def load_base():

@@ -71,7 +71,7 @@ def export_webui(ctx):
     deltas = {}
     for key, w in state.items():  # '<...>.attn2.processor.to_k_custom_diffusion.weight'
         proc, param = key.rsplit(".processor.", 1)
-        layer = param.split("_custom_diffusion")[0] + param.split("_custom_diffusion")[1].rsplit(".weight", 1)[0]
+        layer = param.replace("_custom_diffusion", "").removesuffix(".weight")  # to_k, to_v (to_q, to_out.0)
         base = unet.get_submodule(f"{proc}.{layer}").weight
         deltas[f"unet.{proc}.{layer}"] = w.to(base.dtype) - base.detach()
     tensors, info, err = lowrank_lora(deltas, rank=ctx.options.get("rank") or 0)

@@ -15,15 +15,20 @@ def save(recipe, folder: Path) -> dict:
     return {"files": files, "trained_modules": list(recipe.train_modules)}
 
 
-def load(pipe, folder: Path, meta: dict) -> None:
+def module_state(folder: Path, name: str) -> dict:
+    """The fine-tuned weights of one pipeline module (unet, text_encoder): every safetensors file of its folder."""
     from safetensors.torch import load_file
 
+    state = {}
+    for f in sorted((Path(folder) / name).glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    return state
+
+
+def load(pipe, folder: Path, meta: dict) -> None:
     for name in meta.get("trained_modules", ["unet"]):
         module = getattr(pipe, name)
-        files = sorted((Path(folder) / name).glob("*.safetensors"))
-        state = {}
-        for f in files:
-            state.update(load_file(str(f)))
+        state = module_state(folder, name)
         missing, unexpected = module.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{folder}/{name}: weights do not match the base model's {name} "
@@ -35,8 +40,6 @@ def export_webui(ctx):
     """A LoRA extracted from the fine-tuned weights (methods/webui.py), as kohya's extract_lora_from_models does:
     the changes of the UNet transformer blocks' linear layers (and the text encoder's, when it was trained), fitted
     at the export's rank. export.json says how much of the whole change that leaves out."""
-    from safetensors.torch import load_file
-
     from ...inputs import InputError
     from ..webui import DREAMBOOTH_RANK, WebuiFiles, lowrank_lora
 
@@ -45,10 +48,7 @@ def export_webui(ctx):
     for name in ctx.meta.get("trained_modules", ["unet"]):
         module = getattr(base, name)
         plain = module.state_dict()
-        tuned = {}
-        for f in sorted((Path(ctx.folder) / name).glob("*.safetensors")):
-            tuned.update(load_file(str(f)))
-        for key, w in tuned.items():
+        for key, w in module_state(ctx.folder, name).items():
             b = plain.get(key)
             if b is None or b.shape != w.shape:
                 raise InputError(f"{ctx.folder}/{name}: {key} does not match the base model's {name}")
