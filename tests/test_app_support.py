@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import sys
 import threading
@@ -42,7 +43,11 @@ def standin_methods(delay: float = 0.01) -> dict:
             ckpt.unlink()
         for step in range(start + 1, total + 1):
             time.sleep(delay)
-            ckpt.write_text(json.dumps({"step": step}))
+            # atomic, as the real checkpoints are: a SIGKILL between write_text's truncate and its write would
+            # leave an empty file for the resumed run to read
+            part = ckpt.with_name(ckpt.name + ".part")
+            part.write_text(json.dumps({"step": step}))
+            os.replace(part, ckpt)
             if progress:
                 progress(step, total)
         tmp = out.with_name(out.name + ".tmp")
