@@ -1,6 +1,6 @@
 """Throughput of the world-pretraining pieces on this machine: prints one JSON object.
 
-    python benchmarks/pretrain_throughput.py [--quick]
+    python benchmarks/pretrain_throughput.py [--quick] [--batches 8,32,64]
 
 Measures scene rendering (samples/s on the training device), the data loader (sample + caption + tokenize, with
 workers), and optimizer steps/s of each stage's model at several batch sizes (bf16 autocast on CUDA), with and
@@ -35,6 +35,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--tokenizer", default=None)
+    ap.add_argument("--batches", default=None, help="UNet batch sizes, comma-separated (default: 256,512,1024; "
+                                                      "--quick: 8)")
     args = ap.parse_args()
     from transformers import CLIPTokenizer
 
@@ -67,7 +69,8 @@ def main():
     g = torch.Generator(dev).manual_seed(0)
     text = models.text_encoder().to(dev)
     alphas = models.noise_scheduler().alphas_cumprod.to(dev)
-    batches = [8] if args.quick else [256, 512, 1024]
+    batches = ([int(b) for b in args.batches.split(",")] if args.batches
+               else [8] if args.quick else [256, 512, 1024])
     for compile_ in ([False, True] if args.compile else [False]):
         unet = models.unet().to(dev)
         if dev.type == "cuda":
