@@ -208,10 +208,15 @@ def test_app_serves_the_webui_files_of_a_concept(tmp_path):
             assert sorted(zf.namelist()) == ["ratti-webui/embeddings/ratti.safetensors", "ratti-webui/export.json"]
             record = json.loads(zf.read("ratti-webui/export.json"))
         assert record["method"] == "ti" and record["prompt"].startswith("a photo of ratti ")
+        assert c["curves_url"] == "/api/concepts/ratti/curves.png"  # a trained concept has training curves
+        png = http("GET", s.url + c["curves_url"])
+        assert png.status == 200 and png.headers["content-type"] == "image/png" and png.body[:4] == b"\x89PNG"
 
         r = upload(s.url, {"name": "stand", "class_noun": "rat", "steps": "2", "method": "standin"}, world_photos(2))
         assert wait_job(s.url, r.json()["job"]["id"])["status"] == "done"
         assert http("GET", s.url + "/api/concepts/stand").json()["webui_url"] is None
+        assert http("GET", s.url + "/api/concepts/stand").json()["curves_url"] is None  # the stand-in logs nothing
+        assert http("GET", s.url + "/api/concepts/stand/curves.png").status == 404
         r = http("GET", s.url + "/api/concepts/stand/webui")
         assert r.status == 409 and "no webui files" in r.json()["detail"]
         assert not [p for p in (tmp_path / "data" / "trash").iterdir()]  # nothing left behind

@@ -41,6 +41,7 @@ def test_cli_tune_then_generate_and_refusal(tmp_path, tiny_model, other_tiny_mod
                             "--set", "num_vectors=2"])
     assert r.exit_code == 0, r.output
     assert json.loads((concept / "concept.json").read_text())["config"]["num_vectors"] == 2
+    assert (concept / "train_log.png").is_file() and "training curves" in r.output  # the CLI plots the run
     r = runner.invoke(app, ["generate", "a photo of <sks> animal", "--concept", str(concept), "--model",
                             tiny_model, "-n", "1", "--steps", "2", "--out", str(tmp_path / "imgs")])
     assert r.exit_code == 0, r.output

@@ -190,7 +190,9 @@ async function loadLibrary() {
       "<button class='small' data-act='use'>use</button><button class='small' data-act='rename'>rename</button>" +
       "<button class='small' data-act='delete'>delete</button><a class='small' href='" + esc(c.artifact_url) +
       "' download>zip</a>" + (c.webui_url ? "<a class='small' data-act='webui' title='LoRA / embedding files for " +
-      "AUTOMATIC1111 and ComfyUI' href='" + esc(c.webui_url) + "' download>webui</a>" : "") + "</td>";
+      "AUTOMATIC1111 and ComfyUI' href='" + esc(c.webui_url) + "' download>webui</a>" : "") +
+      (c.curves_url ? "<a class='small' data-act='curves' title='training curves: loss and learning rate' " +
+      "target='_blank' href='" + esc(c.curves_url) + "'>curves</a>" : "") + "</td>";
     tr.querySelector("[data-act=use]").onclick = () => {
       const p = $("prompt"); if (!p.value.includes(c.prompt_token)) p.value = p.value.trim() + " " + c.prompt_token; };
     tr.querySelector("[data-act=rename]").onclick = async () => {

@@ -47,6 +47,8 @@ class Concept(BaseModel):
     webui_url: str | None = Field(None, description="zip of the concept as AUTOMATIC1111 / ComfyUI files (a "
                                   "kohya-layout LoRA and/or an A1111 embedding, as `boothkit export` writes); null "
                                   "for methods that have none (InstantBooth)")
+    curves_url: str | None = Field(None, description="PNG of the training curves (loss, learning rate); null for "
+                                   "concepts made without training (InstantBooth)")
 
 
 class ConceptCreated(BaseModel):

@@ -216,11 +216,11 @@ def create_app(cfg: AppConfig) -> FastAPI:
     @app.get("/api/concepts", response_model=list[schemas.Concept], tags=["concepts"])
     def list_concepts():
         """Every concept in the library, oldest first."""
-        return [_concept_out(c, methods) for c in store.list_concepts()]
+        return [_concept_out(c, methods, store) for c in store.list_concepts()]
 
     @app.get("/api/concepts/{name}", response_model=schemas.Concept, tags=["concepts"])
     def get_concept(name: str):
-        return _concept_out(_concept_or_404(store, name), methods)
+        return _concept_out(_concept_or_404(store, name), methods, store)
 
     @app.patch("/api/concepts/{name}", response_model=schemas.Concept, tags=["concepts"])
     def rename_concept(name: str, body: schemas.Rename):
@@ -233,7 +233,7 @@ def create_app(cfg: AppConfig) -> FastAPI:
             except NameTaken as e:
                 raise RequestError(str(e), 409) from e
             engine.forget_concepts()
-        return _concept_out(store.get_concept(new), methods)
+        return _concept_out(store.get_concept(new), methods, store)
 
     @app.delete("/api/concepts/{name}", status_code=204, tags=["concepts"])
     def delete_concept(name: str):
@@ -294,6 +294,28 @@ def create_app(cfg: AppConfig) -> FastAPI:
             shutil.rmtree(work, ignore_errors=True)
         return FileResponse(tmp, media_type="application/zip", filename=f"{name}-webui.zip",
                             background=BackgroundTask(os.unlink, tmp))
+
+    @app.get("/api/concepts/{name}/curves.png", tags=["concepts"],
+             responses={200: {"content": {"image/png": {}}, "description": "training curves (`boothkit plot`)"}})
+    def concept_curves(name: str):
+        """The concept's training curves (loss and learning rate against the step), drawn from its
+        train_log.jsonl. 404 for concepts made without training (InstantBooth)."""
+        from ..training.plots import plot_logs
+
+        _concept_or_404(store, name)
+        log = store.concept_dir(name) / "train_log.jsonl"
+        if not log.is_file():
+            raise RequestError(f"concept {name!r} has no training log (it was made without training)", 404)
+        fd, tmp = tempfile.mkstemp(suffix=".png", dir=store.root / "trash")
+        os.close(fd)
+        try:
+            plot_logs([log], tmp, title=f"<{name}>: training")
+        except BaseException as e:
+            os.unlink(tmp)
+            if isinstance(e, ValueError):
+                raise RequestError(f"concept {name!r}: {e}", 404) from e
+            raise
+        return FileResponse(tmp, media_type="image/png", background=BackgroundTask(os.unlink, tmp))
 
     @app.get("/api/jobs", response_model=list[schemas.Job], tags=["jobs"])
     def list_jobs(limit: int = 50):
@@ -397,10 +419,12 @@ def _concept_or_404(store: Store, name: str) -> dict:
     return row
 
 
-def _concept_out(row: dict, methods: dict[str, MethodSpec]) -> dict:
+def _concept_out(row: dict, methods: dict[str, MethodSpec], store: Store) -> dict:
     spec = methods.get(row["method"])
+    trained = (store.concept_dir(row["name"]) / "train_log.jsonl").is_file()
     return {**row, "prompt_token": f"<{row['name']}>", "artifact_url": f"/api/concepts/{row['name']}/artifact",
-            "webui_url": f"/api/concepts/{row['name']}/webui" if spec is not None and spec.export else None}
+            "webui_url": f"/api/concepts/{row['name']}/webui" if spec is not None and spec.export else None,
+            "curves_url": f"/api/concepts/{row['name']}/curves.png" if trained else None}
 
 
 def _job_out(job: dict) -> dict:

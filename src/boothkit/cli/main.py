@@ -20,6 +20,7 @@ _COMMAND_MODULES = [
     "boothkit.cli.tune",
     "boothkit.cli.merge",
     "boothkit.cli.export",
+    "boothkit.cli.plot",
     "boothkit.cli.serve",
     "boothkit.cli.bench",
 ]

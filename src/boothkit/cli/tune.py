@@ -81,4 +81,23 @@ def tune(
         raise typer.Exit(2)
     meta = json.loads((Path(path) / "concept.json").read_text())
     typer.echo(f"concept written to {path}")
+    _plot_training(Path(path))
     typer.echo(f"try: boothkit generate --concept {path} --model {model} \"{meta['prompt']}\"")
+
+
+def _plot_training(concept: Path) -> None:
+    """train_log.png beside the concept's train_log.jsonl (main process only). A plot that fails is a warning: the
+    concept is already written."""
+    from accelerate import PartialState
+
+    log = concept / "train_log.jsonl"
+    if not log.is_file() or not PartialState().is_main_process:
+        return
+    from ..training.plots import plot_logs
+
+    try:
+        plot_logs([log], concept / "train_log.png", title=f"{concept.name}: training")
+    except (ValueError, OSError) as e:
+        typer.secho(f"warning: no training plot ({e})", fg="yellow", err=True)
+        return
+    typer.echo(f"training curves: {concept / 'train_log.png'}")
