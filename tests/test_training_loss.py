@@ -1,7 +1,9 @@
-"""The denoising loss (and its Min-SNR / offset-noise options), the lr schedules, the per-step data, and the resize
-augmentation."""
+"""The denoising loss (and its Min-SNR / offset-noise options), the lr schedules, the per-step data (centre or
+random square crops), and the resize augmentation."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -103,6 +105,75 @@ def test_image_set_samples_are_deterministic():
     assert s.pixels.shape == (4, 3, 64, 64)
     a = s.sample(3, step_generator(1, 2))
     assert torch.equal(a, s.sample(3, step_generator(1, 2)))
+
+
+def _tall_photo():
+    """100 x 200: red top half, blue bottom half."""
+    from PIL import Image
+
+    im = Image.new("RGB", (100, 200), (255, 0, 0))
+    im.paste((0, 0, 255), (0, 100, 100, 200))
+    return im
+
+
+def test_center_crop_is_the_default_and_keeps_the_draws():
+    """crop="center" (the default) samples exactly what it did before the option: same images, same generator
+    state after the draw."""
+    from PIL import Image
+
+    photos = [_tall_photo(), Image.new("RGB", (64, 64), (0, 255, 0))]
+    a, b = ImageSet.from_images(photos, 32, "p"), ImageSet.from_images(photos, 32, "p", crop="center")
+    assert a.originals is None and b.originals is None
+    g1, g2, g_ref = step_generator(0, 1), step_generator(0, 1), step_generator(0, 1)
+    idx = torch.randint(0, 2, (6,), generator=g_ref)  # the draws before the option existed: index, then flips
+    f = torch.rand(6, generator=g_ref) < 0.5
+    want = a.pixels[idx].clone()
+    want[f] = want[f].flip(-1)
+    assert torch.equal(a.sample(6, g1), want) and torch.equal(b.sample(6, g2), want)
+    assert torch.equal(g1.get_state(), g_ref.get_state())
+
+
+def test_random_crop_moves_a_square_window_along_the_long_side():
+    s = ImageSet.from_images([_tall_photo()], 32, "p", crop="random")
+    assert s.originals is not None and s.originals[0].shape == (3, 64, 32)  # short side resized to 32
+    red = torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1)
+    shares = []
+    for step in range(40):
+        x = s.sample(1, step_generator(0, step), flip=False)[0]
+        assert x.shape == (3, 32, 32)
+        shares.append(float(((x - red).abs().amax(0) < 0.1).float().mean()))  # share of red pixels
+    assert min(shares) < 0.1 and max(shares) > 0.9  # windows near the bottom and near the top both occur
+    assert 0.1 < sum(shares) / len(shares) < 0.9
+    centre = ImageSet.from_images([_tall_photo()], 32, "p").sample(1, step_generator(0, 0), flip=False)[0]
+    assert abs(float(((centre - red).abs().amax(0) < 0.1).float().mean()) - 0.5) < 0.1  # the middle: half red
+    x1 = s.sample(4, step_generator(3, 7))
+    assert torch.equal(x1, s.sample(4, step_generator(3, 7)))  # still a pure function of the generator
+    square = ImageSet.from_images([_tall_photo().crop((0, 0, 100, 100))], 32, "p", crop="random")
+    assert square.originals is None  # square photos: nothing to move
+
+
+def test_crop_option_is_checked_and_reaches_training(tmp_path, tiny_model):
+    from PIL import Image
+
+    from boothkit.methods import tune
+
+    with pytest.raises(InputError, match="crop must be one of"):
+        TrainConfig.from_dict({"crop": "top"})
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        im = _tall_photo()
+        im.paste((0, 200 * i, 0), (40, 40, 60, 60))
+        im.save(photos / f"{i}.png")
+    cfg = {"validation_images": 0, "checkpoint_every": 0}
+    runs = {crop: tune("lora", photos, "animal", tmp_path / crop, model=tiny_model, steps=2,
+                       config={**cfg, "crop": crop}) for crop in ("center", "random")}
+    metas = {c: json.loads((p / "concept.json").read_text()) for c, p in runs.items()}
+    assert metas["random"]["config"]["crop"] == "random" and metas["center"]["config"]["crop"] == "center"
+    from safetensors.torch import load_file
+
+    a, b = (load_file(runs[c] / "pytorch_lora_weights.safetensors") for c in ("center", "random"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # other training images, other weights
 
 
 # --- Min-SNR-gamma and offset noise ------------------------------------------------------------------------------

@@ -104,7 +104,8 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
             with state.main_process_first():  # the main process fills the cache, the others read it
                 imgs_c = class_images(pipe, base_hash, pp, cfg.num_class_images, cfg.class_sample_steps)
             prior = ImageSet.from_images(imgs_c, size, pp)
-        subs.append(Subject(ImageSet.from_images(photos, size, instance_prompt(token, cls), caps), cls, token, prior))
+        subs.append(Subject(ImageSet.from_images(photos, size, instance_prompt(token, cls), caps,
+                                                 crop=getattr(cfg, "crop", "center")), cls, token, prior))
 
     # what decides the weights after step k (so a resume may change --steps or the checkpoint/validation cadence)
     trajectory = {k: v for k, v in cfg.to_dict().items()
@@ -175,7 +176,7 @@ _NOT_TRAJECTORY = {"steps", "checkpoint_every", "keep_checkpoints", "validate_ev
 #: options added after checkpoints existed, with their defaults: left out of the run id while at them, so a
 #: checkpoint written before they existed still resumes (the run it continues had them off)
 _ADDED_LATER = {k: TrainConfig.__dataclass_fields__[k].default
-                for k in ("lr_scheduler", "lr_num_cycles", "lr_power", "snr_gamma", "noise_offset")}
+                for k in ("lr_scheduler", "lr_num_cycles", "lr_power", "snr_gamma", "noise_offset", "crop")}
 _UNSET = object()
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from ..inputs import InputError
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+CROPS = ("center", "random")
 #: learning-rate schedules: diffusers.optimization.SchedulerType's values (piecewise_constant, which needs a rule
 #: string, left out). Named here so importing a config does not import diffusers; a test checks the names.
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -65,6 +66,10 @@ class TrainConfig(DictConfig):
     seed: int = 0  #: decides every random choice of the run (data, augmentation, noise, timesteps)
     resolution: int = 0  #: training image side in pixels (0 = the model's native size)
     flip: bool = True  #: random left-right flips of the photos
+    #: how a photo that is not square becomes a square training image: center (its middle square, always) or
+    #: random (a new square window along its long side at every draw: diffusers' training scripts without
+    #: --center_crop). Square photos are the same either way.
+    crop: str = "center"
     mixed_precision: str = "auto"  #: auto (bf16/fp16 on GPU, none on CPU), no, fp16, bf16
     gradient_checkpointing: bool = False  #: trade compute for memory in the UNet (and trained text encoder)
     use_8bit_adam: bool = True  #: bitsandbytes AdamW8bit when installed and on CUDA; otherwise torch AdamW
@@ -101,6 +106,7 @@ class TrainConfig(DictConfig):
         need(self.max_grad_norm >= 0, "max_grad_norm must be >= 0")
         need(self.resolution == 0 or (self.resolution >= 8 and self.resolution % 8 == 0),
              f"resolution must be 0 or a multiple of 8 (got {self.resolution})")
+        need(self.crop in CROPS, f"crop must be one of {CROPS} (got {self.crop!r})")
         need(self.mixed_precision in MIXED_PRECISION,
              f"mixed_precision must be one of {MIXED_PRECISION} (got {self.mixed_precision!r})")
         need(self.checkpoint_every >= 0, "checkpoint_every must be >= 0")

@@ -36,16 +36,24 @@ class ImageSet:
     """Square training images of one concept (subject photos, or class/regularisation images) and their prompt
     (one for all, as DreamBooth trains), or one caption per image (`captions`, kohya's caption files)."""
 
-    pixels: torch.Tensor  #: [N, 3, S, S] in [-1, 1]
+    pixels: torch.Tensor  #: [N, 3, S, S] in [-1, 1]: each image's centre square
     prompt: str  #: e.g. "a photo of sks dog"
     captions: list[str] | None = None  #: per image, used instead of `prompt` when given
+    #: crop="random": each image with its short side resized to S ([3, S, L] or [3, L, S]); draws take a random
+    #: S x S window of it instead of the centre square
+    originals: list[torch.Tensor] | None = None
 
     @classmethod
     def from_images(cls, images: list[Image.Image], size: int, prompt: str,
-                    captions: list[str] | None = None) -> "ImageSet":
+                    captions: list[str] | None = None, crop: str = "center") -> "ImageSet":
         if captions is not None and len(captions) != len(images):
             raise ValueError(f"{len(captions)} captions for {len(images)} images")
-        return cls(to_tensor([center_square(im, size) for im in images]), prompt, captions)
+        if crop not in ("center", "random"):
+            raise ValueError(f"crop must be center or random (got {crop!r})")
+        originals = None
+        if crop == "random" and any(im.width != im.height for im in images):
+            originals = [to_tensor([short_side(im, size)])[0] for im in images]
+        return cls(to_tensor([center_square(im, size) for im in images]), prompt, captions, originals)
 
     def __len__(self) -> int:
         return self.pixels.shape[0]
@@ -64,11 +72,30 @@ class ImageSet:
         """As `sample` (the same draws), with each drawn image's prompt: its caption, or the shared prompt."""
         idx = torch.randint(0, len(self), (n,), generator=g)
         x = self.pixels[idx].clone()
-        if flip:
-            f = torch.rand(n, generator=g) < 0.5
+        f = torch.rand(n, generator=g) < 0.5 if flip else None
+        if self.originals is not None:  # drawn after the flips: centre-crop runs keep their exact draws
+            where = torch.rand(n, generator=g)
+            for j, (i, u) in enumerate(zip(idx.tolist(), where.tolist())):
+                x[j] = random_window(self.originals[i], x.shape[-1], u)
+        if f is not None:
             x[f] = x[f].flip(-1)
         prompts = [self.captions[i] for i in idx.tolist()] if self.captions is not None else [self.prompt] * n
         return x, prompts
+
+
+def short_side(im: Image.Image, size: int) -> Image.Image:
+    """Resize so the short side is `size` (bicubic), keeping the aspect ratio: what a random square crop reads."""
+    w, h = im.size
+    s = size / min(w, h)
+    return im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+
+
+def random_window(img: torch.Tensor, size: int, u: float) -> torch.Tensor:
+    """The size x size window of [3, H, W] `img` (one side equal to size) at fraction u in [0, 1) of the long
+    side's free range."""
+    h, w = img.shape[-2:]
+    top, left = int(u * (h - size + 1)), int(u * (w - size + 1))
+    return img[:, top:top + size, left:left + size]
 
 
 def random_resize(x: torch.Tensor, g: torch.Generator, latent_factor: int, lo: float = 0.4, hi: float = 1.4):
