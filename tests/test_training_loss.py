@@ -153,8 +153,6 @@ def test_random_crop_moves_a_square_window_along_the_long_side():
 
 
 def test_crop_option_is_checked_and_reaches_training(tmp_path, tiny_model):
-    from PIL import Image
-
     from boothkit.methods import tune
 
     with pytest.raises(InputError, match="crop must be one of"):
