@@ -71,6 +71,53 @@ def test_resume_with_cosine_min_snr_and_offset_noise_gives_the_same_weights(tmp_
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
+PRODIGY = {**CFG, "optimizer": "prodigy", "lr": 1.0}
+
+
+def test_prodigy_learns_its_step_size_and_resumes_exactly(tmp_path, tiny_model, subject_photos):
+    """Prodigy keeps its step-size estimate d in its param groups, not in per-parameter state: the checkpoint
+    carries it, so a resumed run ends with the same weights as an uninterrupted one."""
+    from boothkit.training.checkpoint import load_checkpoint
+
+    full = tune("lora", subject_photos, "animal", tmp_path / "full", model=tiny_model, steps=5, config=PRODIGY)
+    out = tmp_path / "resumed"
+    with pytest.raises(Kill):
+        tune("lora", subject_photos, "animal", out, model=tiny_model, steps=5, config=PRODIGY, on_step=_killer(3))
+    _, groups = load_checkpoint(list_checkpoints(tmp_path / ".resumed.train" / "checkpoints")[-1])
+    state = groups["optimizer"]
+    assert int(state["param_groups.0.k"]) == 2 and state["param_groups.0.d_numerator"].dtype == torch.float64
+    assert float(state["param_groups.0.d_numerator"]) != 0  # what d is estimated from, two steps in
+    tune("lora", subject_photos, "animal", out, model=tiny_model, steps=5, config=PRODIGY, resume=True)
+    meta = json.loads((out / "concept.json").read_text())
+    assert meta["training"]["first_step"] == 2 and meta["config"]["optimizer"] == "prodigy"
+    a = load_file(str(full / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    adam = load_file(str(tune("lora", subject_photos, "animal", tmp_path / "adam", model=tiny_model, steps=5,
+                              config=CFG) / "pytorch_lora_weights.safetensors"))
+    assert any(not torch.equal(a[k], adam[k]) for k in a)  # the option reaches the optimizer
+
+
+def test_prodigy_warns_on_an_adam_sized_lr_and_refuses_unequal_groups():
+    from types import SimpleNamespace
+
+    from boothkit.inputs import InputError
+    from boothkit.training.config import TrainConfig
+    from boothkit.training.loop import make_optimizer
+
+    cfg = SimpleNamespace(optimizer="prodigy", lr=1e-4, weight_decay=0.0, use_8bit_adam=False)
+    w = torch.nn.Parameter(torch.zeros(3))
+    with pytest.warns(UserWarning, match="1.0 is usual"):
+        make_optimizer([w], cfg, "cpu")
+    cfg.lr = 1.0
+    with pytest.raises(TrainingError, match="one learning rate"):
+        make_optimizer([{"params": [w], "lr_scale": 1.0},
+                        {"params": [torch.nn.Parameter(torch.zeros(2))], "lr_scale": 0.1}], cfg, "cpu")
+    with pytest.raises(InputError, match="optimizer must be one of"):
+        TrainConfig.from_dict({"optimizer": "lion"})
+
+
 def test_resume_refuses_other_steps_with_a_decaying_schedule(tmp_path, tiny_model, subject_photos):
     """--steps is not part of a run's identity (a constant-lr run may go on longer), but cosine is spread over it."""
     out = tmp_path / "c"

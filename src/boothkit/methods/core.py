@@ -176,7 +176,8 @@ _NOT_TRAJECTORY = {"steps", "checkpoint_every", "keep_checkpoints", "validate_ev
 #: options added after checkpoints existed, with their defaults: left out of the run id while at them, so a
 #: checkpoint written before they existed still resumes (the run it continues had them off)
 _ADDED_LATER = {k: TrainConfig.__dataclass_fields__[k].default
-                for k in ("lr_scheduler", "lr_num_cycles", "lr_power", "snr_gamma", "noise_offset", "crop")}
+                for k in ("lr_scheduler", "lr_num_cycles", "lr_power", "snr_gamma", "noise_offset", "crop",
+                          "optimizer")}
 _UNSET = object()
 
 

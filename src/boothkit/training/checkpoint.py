@@ -77,20 +77,42 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, dict[str, torch.T
     return meta, groups
 
 
+GROUP = "param_groups."  #: prefix of the param groups' numbers in optimizer_tensors
+
+
 def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """Flatten an optimizer's per-parameter state into named tensors (safetensors can hold them)."""
+    """Flatten an optimizer's per-parameter state into named tensors (safetensors can hold them), and the numbers
+    of its param groups (`param_groups.<i>.<key>`: what an optimizer like Prodigy learns there, its step size
+    estimate d; floats kept in float64 so a resume continues exactly)."""
+    sd = opt.state_dict()
     out = {}
-    for pid, state in opt.state_dict()["state"].items():
+    for pid, state in sd["state"].items():
         for k, v in state.items():
             out[f"{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    for i, group in enumerate(sd["param_groups"]):
+        for k, v in group.items():
+            if isinstance(v, bool) or k == "params":
+                continue
+            if isinstance(v, (int, float)) or (isinstance(v, tuple) and v and
+                                               all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+                out[f"{GROUP}{i}.{k}"] = torch.tensor(v, dtype=torch.float64 if isinstance(v, float) or
+                                                      (isinstance(v, tuple) and any(isinstance(x, float) for x in v))
+                                                      else torch.int64)
     return out
 
 
 def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    """Inverse of optimizer_tensors: the param groups (lr, betas...) come from the optimizer as constructed."""
+    """Inverse of optimizer_tensors. Param-group numbers that the checkpoint has replace the constructed ones (a
+    checkpoint written before they were saved leaves the optimizer's own)."""
     sd = opt.state_dict()
     state: dict[int, dict] = {}
     for key, v in tensors.items():
+        if key.startswith(GROUP):
+            i, name = key[len(GROUP):].split(".", 1)
+            group = sd["param_groups"][int(i)]
+            value = v.tolist()
+            group[name] = tuple(value) if isinstance(value, list) else value
+            continue
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = v
     sd["state"] = state

@@ -9,6 +9,7 @@ from ..inputs import InputError
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 CROPS = ("center", "random")
+OPTIMIZERS = ("adamw", "prodigy")
 #: learning-rate schedules: diffusers.optimization.SchedulerType's values (piecewise_constant, which needs a rule
 #: string, left out). Named here so importing a config does not import diffusers; a test checks the names.
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -72,7 +73,10 @@ class TrainConfig(DictConfig):
     crop: str = "center"
     mixed_precision: str = "auto"  #: auto (bf16/fp16 on GPU, none on CPU), no, fp16, bf16
     gradient_checkpointing: bool = False  #: trade compute for memory in the UNet (and trained text encoder)
-    use_8bit_adam: bool = True  #: bitsandbytes AdamW8bit when installed and on CUDA; otherwise torch AdamW
+    #: adamw, or prodigy (Mishchenko & Defazio 2023: estimates its own step size; `lr` multiplies it, 1.0 is
+    #: usual; diffusers' advanced scripts' settings: bias correction, safeguard warm-up, decoupled weight decay)
+    optimizer: str = "adamw"
+    use_8bit_adam: bool = True  #: adamw: bitsandbytes AdamW8bit when installed and on CUDA; otherwise torch AdamW
     checkpoint_every: int = 50  #: write a resumable checkpoint every N steps (0 = never)
     keep_checkpoints: int = 2  #: keep the newest K complete checkpoints
     validate_every: int = 0  #: write a validation grid every N steps (0 = only at the end when validation_images > 0)
@@ -107,6 +111,7 @@ class TrainConfig(DictConfig):
         need(self.resolution == 0 or (self.resolution >= 8 and self.resolution % 8 == 0),
              f"resolution must be 0 or a multiple of 8 (got {self.resolution})")
         need(self.crop in CROPS, f"crop must be one of {CROPS} (got {self.crop!r})")
+        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS} (got {self.optimizer!r})")
         need(self.mixed_precision in MIXED_PRECISION,
              f"mixed_precision must be one of {MIXED_PRECISION} (got {self.mixed_precision!r})")
         need(self.checkpoint_every >= 0, "checkpoint_every must be >= 0")

@@ -40,7 +40,25 @@ def mixed_precision(cfg_value: str) -> str:
 
 
 def make_optimizer(params, cfg, device_type: str):
-    """AdamW; bitsandbytes' 8-bit AdamW when asked for, installed and on CUDA (it has no CPU kernels)."""
+    """AdamW (bitsandbytes' 8-bit AdamW when asked for, installed and on CUDA: it has no CPU kernels), or Prodigy
+    with the settings of diffusers' advanced DreamBooth-LoRA script."""
+    if getattr(cfg, "optimizer", "adamw") == "prodigy":
+        import contextlib
+        import io
+        import warnings
+
+        from prodigyopt import Prodigy
+
+        scales = {g.get("lr_scale", 1.0) for g in params} if params and isinstance(params[0], dict) else {1.0}
+        if len(scales) > 1:
+            raise TrainingError(f"optimizer=prodigy takes one learning rate for all parameters; this method trains "
+                                f"groups at {sorted(scales)} x lr (make their learning rates equal, or use adamw)")
+        if cfg.lr < 0.1:
+            warnings.warn(f"optimizer=prodigy: lr multiplies the step size Prodigy estimates; 1.0 is usual "
+                          f"(got {cfg.lr}: training will barely move)", stacklevel=2)
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints a line about its weight decay
+            return Prodigy(params, lr=cfg.lr, weight_decay=cfg.weight_decay, decouple=True,
+                           use_bias_correction=True, safeguard_warmup=True)
     if cfg.use_8bit_adam and device_type == "cuda":
         try:
             import bitsandbytes as bnb
