@@ -72,6 +72,12 @@ def demo(
     seconds = time.time() - t0
     token = json.loads((concept_dir / "concept.json").read_text())["tokens"][0]
     typer.echo(f"personalised with {method} in {seconds:.0f} s: {concept_dir}")
+    if (concept_dir / "train_log.jsonl").is_file():
+        from ..training.plots import plot_logs
+
+        curves = plot_logs([concept_dir / "train_log.jsonl"], out_dir / "training-curves.png",
+                           title=f"{method} on '{subject.name}': training")
+        typer.echo(f"training curves (loss, learning rate): {curves}")
     from ..world.scenes import article
 
     before = [generate_images(pipe, p.format(t=article(subject.cls), c=subject.cls),
