@@ -133,6 +133,7 @@ def world_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "run"
     r = CliRunner().invoke(app, BENCH + ["--out", str(out)])
     assert r.exit_code == 0, r.output
+    assert "training:" not in r.output and "bench:" not in r.output  # --no-progress: not even the training loop's bar
     return out
 
 

@@ -194,3 +194,15 @@ def test_options_added_later_leave_the_run_id_of_older_checkpoints_unchanged(tmp
                  config={"validation_images": 0, **extra})
     assert not set(later) & set(seen[0]) and "lr" in seen[0]
     assert seen[1]["snr_gamma"] == 5.0 and seen[1]["lr_scheduler"] == "cosine" and "noise_offset" not in seen[1]
+
+
+def test_progress_switch_silences_the_training_bar(tmp_path, tiny_model, subject_photos, capsys):
+    from boothkit.progress import bars, enabled
+
+    cfg = {**CFG, "checkpoint_every": 0}
+    tune("lora", subject_photos, "animal", tmp_path / "a", model=tiny_model, steps=2, config=cfg)
+    assert "training:" in capsys.readouterr().err
+    with bars(False):
+        tune("lora", subject_photos, "animal", tmp_path / "b", model=tiny_model, steps=2, config=cfg)
+    assert "training:" not in capsys.readouterr().err
+    assert enabled()  # back on after the block

@@ -93,6 +93,7 @@ def bench(
     """Benchmark personalisation methods: identity, prompt fidelity, drift and cost, with tables, plots, grids."""
     from ..inputs import InputError
     from ..pipeline import pick_device
+    from ..progress import bars
 
     if quick + full + val > 1:
         raise typer.BadParameter("--quick, --full and --val exclude each other")
@@ -108,7 +109,8 @@ def bench(
                                    tune_steps=steps, method_config=_method_sets(set_), subjects=subjects,
                                    seeds=_ints(seeds), sample_steps=sample_steps, progress=not no_progress,
                                    command=_command(ctx))
-            results = run_dreambench(cfg)
+            with bars(not no_progress):
+                results = run_dreambench(cfg)
         else:
             from ..bench.run import BenchConfig, run_world
             from ..bench.runners import known_methods
@@ -128,7 +130,8 @@ def bench(
                               sample_steps=sample_steps, keep_concepts=keep_concepts, progress=not no_progress,
                               report_only=report_only, captions=captions,
                               command=_command(ctx))
-            results = run_world(cfg)
+            with bars(not no_progress):
+                results = run_world(cfg)
     except (InputError, ValueError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2)

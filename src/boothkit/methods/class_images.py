@@ -32,7 +32,9 @@ def class_images(pipe, model_hash: str, prompt: str, n: int, sample_steps: int =
     if missing:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(missing), desc=f"class images ({prompt})", unit="img")
+        from .. import progress
+
+        bar = tqdm(total=len(missing), desc=f"class images ({prompt})", unit="img", disable=not progress.enabled())
         for k in range(0, len(missing), batch):
             ids = missing[k:k + batch]
             gens = [torch.Generator("cpu").manual_seed(i) for i in ids]

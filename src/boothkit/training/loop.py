@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from .. import progress as progress_bars
 from .checkpoint import latest_checkpoint, load_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
 from .data import step_generator
 from .trackers import make_trackers
@@ -172,7 +173,8 @@ def train(recipe, cfg, work_dir: str | Path, *, resume: bool = False, run_info: 
     losses: list[float] = []
     t0 = time.perf_counter()
     last_good = latest_checkpoint(ck_root)
-    bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", disable=not accelerator.is_main_process)
+    bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step",
+               disable=not (accelerator.is_main_process and progress_bars.enabled()))
     for step in range(start, cfg.steps):
         lr = lr_at(cfg, step)
         for group in opt.param_groups:
