@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from ..inputs import InputError
 from .cost import Timer
 from .report import bootstrap_ci, _mean
-from .run import _atomic_json, check_methods, machine
+from ..fileio import write_json_atomic
+from .run import check_methods, machine
 from .runners import RunContext, personalise
 
 LIVE_CLASSES = {"cat", "dog"}
@@ -176,7 +177,7 @@ def run_dreambench(cfg: DreamBenchConfig) -> dict:
     state = out / "bench.json"
     if state.exists() and json.loads(state.read_text())["protocol"] != proto:
         raise InputError(f"{out} holds a benchmark with another protocol: use another --out, or delete it")
-    _atomic_json(state, {"protocol": proto, "methods": methods})
+    write_json_atomic(state, {"protocol": proto, "methods": methods})
     sim = SimilarityModels(cfg.clip, cfg.dino, cfg.device)
     ctx = RunContext(model=cfg.model, device=cfg.device, steps=steps, guidance=7.5, work=out / "work",
                      tune_steps=cfg.tune_steps, method_config=cfg.method_config)
@@ -220,7 +221,7 @@ def run_dreambench(cfg: DreamBenchConfig) -> dict:
         rec = {"dino": _mean(r["dino"] for r in rows), "clip_i": _mean(r["clip_i"] for r in rows),
                "clip_t": _mean(r["clip_t"] for r in rows), **pers.cost,
                "seconds_per_image": round(t_gen / max(n, 1), 4), "images": rows}
-        _atomic_json(unit, rec)
+        write_json_atomic(unit, rec)
         per_subject[method][subj] = rec
     results = {"schema_version": 1, "schema": "docs/bench.md", "command": cfg.command, "protocol": proto, "machine": machine(),
                "subjects": [{"name": s, "class": classes[s]} for s in found], "methods": {}}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..fileio import write_json_atomic
 from ..inputs import InputError
 from ..world.concepts import Concept
 from . import protocol as P
@@ -48,13 +49,6 @@ class BenchConfig:
     captions: bool = False  #: training methods train with the references' scene captions (tune --captions)
     command: str | None = None  #: the command line, written into the results
     commands: list = field(default_factory=list)  #: every command that ran into this --out (from bench.json)
-
-
-def _atomic_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
 
 
 def machine() -> dict:
@@ -182,7 +176,7 @@ def run_world(cfg: BenchConfig) -> dict:
         commands = []
     if cfg.command and cfg.command not in commands and not cfg.report_only:
         commands.append(cfg.command)  # every invocation that contributed units
-    _atomic_json(state_file, {"protocol": proto, "methods": methods, "recipes": recipe, "commands": commands,
+    write_json_atomic(state_file, {"protocol": proto, "methods": methods, "recipes": recipe, "commands": commands,
                               "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     cfg.commands = commands
     proto = {**proto, "recipes": recipe}
@@ -219,12 +213,13 @@ def run_world(cfg: BenchConfig) -> dict:
             try:
                 record = run_unit(method, ctx, base, plan, photos_dir, refs, scorer, prompts, preset)
             except InputError as e:  # e.g. no E4T encoder for this class: recorded, reported, retried by a rerun
-                _atomic_json(path, {"method": method, "subject": concept.name, "slug": concept.slug, "error": str(e)})
+                write_json_atomic(path, {"method": method, "subject": concept.name, "slug": concept.slug,
+                                         "error": str(e)})
                 bar.write(f"{method} / {concept.name}: {e}")
                 continue
             strip = record.pop("_strip")
             to_pil_strip(to_pil(torch.stack(strip)), path.with_suffix(".png"))
-            _atomic_json(path, record)
+            write_json_atomic(path, record)
         finally:
             lock.unlink(missing_ok=True)
     bar.close()

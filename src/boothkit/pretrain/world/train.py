@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ...fileio import write_json_atomic
 from ...training.checkpoint import (latest_checkpoint, load_checkpoint, load_optimizer_tensors, optimizer_tensors,
                                     save_checkpoint)
 from ...world.atlas import load_atlas
@@ -165,7 +166,7 @@ def _finish(cfg: WorldPretrainConfig, name: str, tensors: dict[str, torch.Tensor
     d = Path(cfg.work) / name
     d.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(d / "final.safetensors"))
-    (d / DONE).write_text(json.dumps(info, indent=1))
+    write_json_atomic(d / DONE, info)  # the stage's "finished" marker: never a torn one (a killed run resumes)
 
 
 def _done(cfg: WorldPretrainConfig, name: str) -> bool:
@@ -472,7 +473,7 @@ def pretrain_world(cfg: WorldPretrainConfig) -> dict:
             p = Path(cfg.work) / name / DONE
             stored = json.loads(p.read_text())
             stored.update({"seconds": info["seconds"], "device": info["device"]})
-            p.write_text(json.dumps(stored, indent=1))
+            write_json_atomic(p, stored)
         summary[name] = info
         print(f"[{name}] done in {info['seconds']} s")
     return summary
