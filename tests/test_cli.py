@@ -40,6 +40,8 @@ def test_generate_writes_pngs_and_grid_and_is_deterministic(tmp_path):
     (["--steps", "0"], "--steps"),
     (["--scheduler", "nosuch"], "unknown scheduler 'nosuch'; choose from"),
     (["--scheduler", "LMSDiscreteScheduler"], "needs torch and scipy installed"),
+    (["--concept", "a", "--weight", "0.5", "--weight", "1"], "2 --weight for 1 --concept"),
+    (["--weight", "0.5"], "1 --weight for 0 --concept"),
 ])
 def test_generate_usage_errors_write_nothing(tmp_path, args, message):
     from boothkit.generate import UsageError

@@ -167,6 +167,15 @@ def test_two_e4t_concepts_stay_active_together(tmp_path, concept):
     assert pipe.tokenizer.tokenize("sks and zwx") == ["sks", "and</w>", "zwx"]
 
 
+def test_e4t_and_lora_concepts_stay_active_together_in_any_order(tmp_path, concept, person_photo):
+    """Loading a LoRA leaves only itself active; apply_concepts re-activates every adapter it loaded."""
+    lora = tune("lora", person_photo, "person", tmp_path / "lora", model="world", steps=2, identifier="olis",
+                config={**FAST, "checkpoint_every": 0})
+    for order in ([concept, lora], [lora, concept]):
+        pipe = apply_concepts(load_pipeline("world", device="cpu", dtype="fp32", progress=False), order)
+        assert sorted(pipe.get_active_adapters()) == sorted([concept.name, "lora"]), order
+
+
 def test_diffusers_alone_reproduces_the_tuned_model(concept):
     pipe = plain_pipeline(str(world_path()))
     pipe.load_textual_inversion(str(concept), weight_name="learned_embeds.safetensors")

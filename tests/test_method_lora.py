@@ -67,3 +67,31 @@ def test_text_encoder_lora_is_saved_and_loaded(tmp_path, tiny_model, subject_pho
     pipe = plain_pipeline(tiny_model)
     pipe.load_lora_weights(str(out), weight_name="pytorch_lora_weights.safetensors")
     assert max_pixel_diff(sample(pipe, "a photo of sks animal"), validation_image(out)) <= 1
+
+
+def test_concept_weight_scales_the_lora(lora_concept, tiny_model, subject_photos, tmp_path):
+    """weight 0 draws the base model's image, 1 the concept's default, 0.5 something between; a weight for a
+    method without an adapter, or a count that does not match, is refused."""
+    import numpy as np
+
+    from boothkit.inputs import InputError
+
+    def draw(concepts, weights=None):
+        pipe = load_pipeline(tiny_model, device="cpu", dtype="fp32", progress=False)
+        if concepts:
+            apply_concepts(pipe, concepts, weights=weights)
+        pipe.set_progress_bar_config(disable=True)
+        img = pipe("a photo of sks animal", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                   output_type="np").images[0]
+        return np.asarray(img, dtype=np.float64)
+
+    plain, full = draw([]), draw([lora_concept])
+    half, zero = draw([lora_concept], [0.5]), draw([lora_concept], [0.0])
+    assert np.array_equal(draw([lora_concept], [1.0]), full)
+    assert np.abs(zero - plain).max() < 1e-6 and np.abs(full - plain).max() > 1e-3  # 0 switches it off
+    assert 0 < np.abs(half - plain).max() < np.abs(full - plain).max()
+    with pytest.raises(InputError, match="2 weights for 1 concepts"):
+        draw([lora_concept], [1.0, 1.0])
+    ti = tune("ti", subject_photos, "animal", tmp_path / "ti", model=tiny_model, steps=1, config=FAST)
+    with pytest.raises(InputError, match="ti concept has no adapter to weight"):
+        draw([lora_concept, ti], [1.0, 0.5])

@@ -22,6 +22,9 @@ def generate(
     width: int = typer.Option(None, "--width", help="Image width (default: the model's native size)."),
     negative: str = typer.Option(None, "--negative", help="Negative prompt."),
     concept: list[str] = typer.Option(None, "--concept", help="Concept folder from `boothkit tune` (repeatable)."),
+    weight: list[float] = typer.Option(None, "--weight", help="Strength of each --concept, in their order "
+                                       "(repeatable; default 1): a LoRA concept's adapter or an E4T concept's "
+                                       "weight offsets, as kohya's <lora:name:W>."),
     instant: str = typer.Option(None, "--instant", help="InstantBooth artifact folder (no training: needs --images)."),
     images: str = typer.Option(None, "--images", "--ref", help="Reference photos of the subject, for --instant."),
     alpha: float = typer.Option(None, "--alpha", help="--instant: concept embedding scale (default: artifact's)."),
@@ -41,6 +44,10 @@ def generate(
         from ..generate import UsageError
 
         raise UsageError("--instant and --images go together (and not with --concept)")
+    if weight and len(weight) != len(concept or []):
+        from ..generate import UsageError
+
+        raise UsageError(f"{len(weight)} --weight for {len(concept or [])} --concept: give one per concept")
     cfg = GenerateConfig(n=n, seed=seed, steps=steps, guidance=guidance, height=height, width=width,
                          negative_prompt=negative)
     if scheduler:
@@ -71,7 +78,7 @@ def generate(
         from ..methods import apply_concepts
 
         try:
-            apply_concepts(pipe, concept)
+            apply_concepts(pipe, concept, weights=weight or None)
         except InputError as e:
             raise UsageError(str(e)) from e
     if instant:

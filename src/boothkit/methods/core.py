@@ -200,16 +200,23 @@ def pipeline_model_hash(pipe) -> str:
     return pipe.boothkit_model_hash
 
 
-def apply_concepts(pipe, concept_dirs) -> object:
+#: methods whose concepts carry LoRA weights (E4T: its weight offsets), so a weight can scale them
+WEIGHTED = ("lora", "e4t")
+
+
+def apply_concepts(pipe, concept_dirs, weights=None) -> object:
     """Load concept folders into `pipe` (full DreamBooth first, then adapters/embeddings); returns pipe.
 
-    Refuses (InputError) a concept whose base model hash differs from the pipeline's. Thread-safe against other
-    loads (pipeline.PIPELINE_LOCK).
+    weights: one per concept (default 1.0): the strength of a LoRA concept's adapter, or of an E4T concept's weight
+    offsets (diffusers' `set_adapters` weights, kohya's `<lora:name:W>`); other methods take only 1.0. Every
+    adapter stays active together, whatever the order (loading a LoRA alone would leave only itself active).
+    Refuses (InputError) a concept whose base model hash differs from the pipeline's, and a weight for a concept
+    that has no adapter. Thread-safe against other loads (pipeline.PIPELINE_LOCK).
     """
     from ..pipeline import PIPELINE_LOCK
 
     with PIPELINE_LOCK:
-        return _apply_concepts(pipe, concept_dirs)
+        return _apply_concepts(pipe, concept_dirs, weights)
 
 
 def check_base_model(pipe, folder: Path, meta: dict) -> None:
@@ -222,27 +229,37 @@ def check_base_model(pipe, folder: Path, meta: dict) -> None:
             f"(--model {meta.get('base_model')})")
 
 
-def _apply_concepts(pipe, concept_dirs) -> object:
+def _apply_concepts(pipe, concept_dirs, weights=None) -> object:
+    concept_dirs = list(concept_dirs)
+    weights = [1.0] * len(concept_dirs) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(concept_dirs):
+        raise InputError(f"{len(weights)} weights for {len(concept_dirs)} concepts: give one per concept")
     metas = []
-    for d in concept_dirs:
+    for d, w in zip(concept_dirs, weights):
         d = Path(d)
         meta = read_concept(d)
         if meta.get("method") not in _registered():
             raise InputError(f"--concept {d}: unknown method {meta.get('method')!r} in {CONCEPT_FILE}")
+        if w != 1.0 and meta["method"] not in WEIGHTED:
+            raise InputError(f"--concept {d}: a {meta['method']} concept has no adapter to weight (weights are for "
+                             f"{' and '.join(WEIGHTED)} concepts); give it 1")
         check_base_model(pipe, d, meta)
-        metas.append((d, meta))
+        metas.append((d, meta, w))
     # full DreamBooth replaces the UNet: first; InstantBooth wraps attention processors: last
     metas.sort(key=lambda dm: {"dreambooth": 0, "instantbooth": 2}.get(dm[1]["method"], 1))
-    if sum(m["method"] == "dreambooth" for _, m in metas) > 1:
+    if sum(m["method"] == "dreambooth" for _, m, _ in metas) > 1:
         raise InputError("at most one full DreamBooth concept can be applied (each one replaces the UNet)")
-    lora_names = []
-    for d, meta in metas:
-        spec = _spec(meta["method"])
-        name = spec.load(pipe, d, meta)
-        if meta["method"] == "lora" and name:
-            lora_names.append(name)
-    if len(lora_names) > 1:
-        pipe.set_adapters(lora_names, [1.0] * len(lora_names))
+    before = pipe.get_active_adapters() if getattr(pipe.unet, "peft_config", None) else []
+    adapters: dict[str, float] = {name: 1.0 for name in before}  # active before this call: kept, at 1
+    for d, meta, w in metas:
+        name = _spec(meta["method"]).load(pipe, d, meta)
+        if meta["method"] in WEIGHTED and name:
+            adapters[name] = w
+    # several E4T concepts share their domain's pretrained offsets: 1/k each, as E4T's loader weights them
+    e4t = [n for n in getattr(pipe, "e4t_adapters", []) if n in adapters]
+    final = {n: w / len(e4t) if n in e4t else w for n, w in adapters.items()}
+    if len(final) > 1 or any(w != 1.0 for w in final.values()):
+        pipe.set_adapters(list(final), list(final.values()))
     return pipe
 
 
