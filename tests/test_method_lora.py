@@ -95,3 +95,45 @@ def test_concept_weight_scales_the_lora(lora_concept, tiny_model, subject_photos
     ti = tune("ti", subject_photos, "animal", tmp_path / "ti", model=tiny_model, steps=1, config=FAST)
     with pytest.raises(InputError, match="ti concept has no adapter to weight"):
         draw([lora_concept, ti], [1.0, 0.5])
+
+
+def test_app_prompt_weights(lora_concept, tiny_model, tmp_path):
+    """`<name:W>` in an app prompt applies the concept at weight W: 0 draws what the base model draws for the
+    trigger phrase, 0.5 something else; the weight is recorded with the image; bad weights are 400s."""
+    import io
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from boothkit.app.registry import registered_methods
+    from boothkit.app.server import AppConfig
+    from boothkit.app.storage import Store
+    from test_app_support import ServerThread, http
+
+    data = tmp_path / "data"
+    store = Store(data)
+    job = store.add_job(store.new_job_id(), concept="ratlora", method="lora", class_noun="animal", model=tiny_model,
+                        steps=3, n_images=5)
+    shutil.copytree(lora_concept, tmp_path / "c")
+    store.finish_job(job, tmp_path / "c")
+    cfg = AppConfig(data=data, model=tiny_model, methods={"lora": registered_methods()["lora"]}, preload=False)
+    with ServerThread(cfg) as s:
+        def draw(prompt):
+            r = http("POST", s.url + "/api/generate", json_body={"prompt": prompt, "steps": 2, "seed": 1})
+            assert r.status == 200, r
+            im = r.json()["images"][0]
+            pixels = np.asarray(Image.open(io.BytesIO(http("GET", s.url + im["url"]).body)), dtype=int)
+            return im, pixels
+
+        plain = draw("a photo of sks animal")[1]
+        zero_meta, zero = draw("a photo of <ratlora:0>")
+        half_meta, half = draw("a photo of <ratlora:0.5>")
+        full_meta, full = draw("a photo of <ratlora>")
+        assert zero_meta["model_prompt"] == "a photo of sks animal" and zero_meta["concept_weights"] == [0.0]
+        assert half_meta["concept_weights"] == [0.5] and full_meta.get("concept_weights") is None
+        assert np.abs(zero - plain).max() <= 1 and np.abs(full - plain).max() > 1  # the concept changes pixels
+        assert np.abs(half - full).max() > 0 and np.abs(half - plain).max() > 0
+        for prompt, message in (("<ratlora:3>", "between 0 and 2"), ("<ratlora:0.5> <ratlora>", "different weights")):
+            r = http("POST", s.url + "/api/generate", json_body={"prompt": prompt, "steps": 2})
+            assert r.status == 400 and message in r.json()["detail"], r

@@ -24,8 +24,10 @@ from .storage import Store
 
 log = logging.getLogger("boothkit.app")
 
-#: `<name>` in a prompt refers to the concept `name` of the library.
-CONCEPT_REF = re.compile(r"<([a-z0-9][a-z0-9_-]{0,39})>")
+#: `<name>` in a prompt refers to the concept `name` of the library; `<name:0.7>` also sets its weight (the
+#: strength of a LoRA concept's adapter or an E4T concept's weight offsets, as kohya's `<lora:name:0.7>`)
+CONCEPT_REF = re.compile(r"<([a-z0-9][a-z0-9_-]{0,39})(?::([0-9]*\.?[0-9]+))?>")
+MAX_WEIGHT = 2.0
 
 
 def trigger_phrase(concept_dir: Path, row: dict) -> str:
@@ -82,12 +84,13 @@ class Engine:
         with self._load_lock:
             self._cache.clear()
 
-    def pipeline_for(self, concepts: list[dict]):
-        """The base pipeline, or a cached one with exactly these concepts applied."""
+    def pipeline_for(self, concepts: list[dict], weights: list[float] | None = None):
+        """The base pipeline, or a cached one with exactly these concepts applied at these weights (default 1)."""
         if not concepts:
             return self.base()
+        weights = list(weights) if weights is not None else [1.0] * len(concepts)
         dirs = [self.store.concept_dir(c["name"]) for c in concepts]
-        key = tuple((str(d), (d / "concept.json").stat().st_mtime_ns) for d in dirs)
+        key = tuple((str(d), (d / "concept.json").stat().st_mtime_ns, w) for d, w in zip(dirs, weights, strict=True))
         self.base()
         with self._load_lock:
             if key in self._cache:
@@ -95,15 +98,18 @@ class Engine:
                 return self._cache[key]
             pipe = self._load()
             by_apply: dict[int, tuple] = {}
-            for c, d in zip(concepts, dirs, strict=True):
+            for c, d, w in zip(concepts, dirs, weights, strict=True):
                 spec = self.methods.get(c["method"])
                 if spec is None:
                     raise RequestError(f"concept {c['name']!r} was made with method {c['method']!r}, which this "
                                        f"server does not have", 409)
-                by_apply.setdefault(id(spec.apply), (spec.apply, []))[1].append(d)
+                group = by_apply.setdefault(id(spec.apply), (spec.apply, [], []))
+                group[1].append(d)
+                group[2].append(w)
             try:
-                for apply, ds in by_apply.values():
-                    pipe = apply(pipe, ds) or pipe
+                for apply, ds, ws in by_apply.values():
+                    weighted = {"weights": ws} if any(w != 1.0 for w in ws) else {}  # plain calls stay plain
+                    pipe = apply(pipe, ds, **weighted) or pipe
             except ValueError as e:  # e.g. a concept made for another base model
                 raise RequestError(f"could not load concepts {[c['name'] for c in concepts]}: {e}", 409) from e
             self._cache[key] = pipe
@@ -112,12 +118,22 @@ class Engine:
             return pipe
 
     # -- generation -------------------------------------------------------------------------------------------
-    def resolve_prompt(self, prompt: str, names: list[str]) -> tuple[str, list[dict]]:
-        """Replace each `<name>` with its concept's trigger phrase; -> (prompt for the model, concept rows).
+    def resolve_prompt(self, prompt: str, names: list[str]) -> tuple[str, list[dict], list[float]]:
+        """Replace each `<name>` / `<name:W>` with its concept's trigger phrase; -> (prompt for the model, concept
+        rows, their weights).
 
-        Concepts named in `names` or referenced in the prompt are used; each must exist and be mentioned.
+        Concepts named in `names` or referenced in the prompt are used; each must exist and be mentioned, with one
+        weight (0 to MAX_WEIGHT; 1 when not written).
         """
-        referenced = CONCEPT_REF.findall(prompt)
+        given: dict[str, set[float]] = {}
+        for n, w in CONCEPT_REF.findall(prompt):
+            given.setdefault(n, set()).add(float(w) if w else 1.0)
+        referenced = list(given)
+        for n, ws in given.items():
+            if len(ws) > 1:
+                raise RequestError(f"<{n}> is written with different weights {sorted(ws)}: one concept, one weight")
+            if not 0 <= next(iter(ws)) <= MAX_WEIGHT:
+                raise RequestError(f"<{n}:{next(iter(ws)):g}>: a weight must be between 0 and {MAX_WEIGHT:g}")
         wanted = list(dict.fromkeys(list(names) + referenced))
         rows = []
         for n in wanted:
@@ -130,7 +146,8 @@ class Engine:
                                    f"where the subject goes")
             rows.append(row)
         phrases = {r["name"]: trigger_phrase(self.store.concept_dir(r["name"]), r) for r in rows}
-        return CONCEPT_REF.sub(lambda m: phrases.get(m.group(1), m.group(0)), prompt), rows
+        weights = [next(iter(given[r["name"]])) for r in rows]
+        return CONCEPT_REF.sub(lambda m: phrases.get(m.group(1), m.group(0)), prompt), rows, weights
 
     def generate(self, prompt: str, *, concepts: list[str], n: int, seed: int, steps: int, guidance: float,
                  width: int | None, height: int | None, negative_prompt: str | None,
@@ -142,7 +159,7 @@ class Engine:
         from ..generate import GenerateConfig, UsageError, generate_images
         from ..pipeline import make_scheduler
 
-        model_prompt, rows = self.resolve_prompt(prompt, concepts)
+        model_prompt, rows, weights = self.resolve_prompt(prompt, concepts)
         try:
             cfg = GenerateConfig(n=n, seed=seed, steps=steps, guidance=guidance, height=height, width=width,
                                  negative_prompt=negative_prompt or None)
@@ -150,7 +167,7 @@ class Engine:
             raise RequestError(str(e).replace("--", "")) from e
         with self._slots:
             try:
-                shared = self.pipeline_for(rows)
+                shared = self.pipeline_for(rows, weights)
                 pipe = copy.copy(shared)  # shallow: shares the weights, not the per-call state
                 pipe.scheduler = (make_scheduler(shared.scheduler.config, scheduler) if scheduler
                                   else type(shared.scheduler).from_config(shared.scheduler.config))
@@ -170,7 +187,8 @@ class Engine:
         for i, im in enumerate(images):
             settings = {"seed": seed + i, "steps": steps, "guidance": guidance, "scheduler": scheduler,
                         "width": im.width, "height": im.height, "negative_prompt": negative_prompt or None,
-                        "concepts": [r["name"] for r in rows], "model": self.model, "model_prompt": model_prompt}
+                        "concepts": [r["name"] for r in rows], "model": self.model, "model_prompt": model_prompt,
+                        **({"concept_weights": weights} if any(w != 1.0 for w in weights) else {})}
             image_id = self.store.add_image(im, prompt, settings)
             out.append({"id": image_id, "prompt": prompt, **settings})
         return out

@@ -85,7 +85,8 @@ PAGE = r"""<!doctype html>
 <div>
   <section>
     <h2>2. Generate</h2>
-    <label for="prompt">Prompt — write <code>&lt;name&gt;</code> to use a concept (several are fine)</label>
+    <label for="prompt">Prompt — write <code>&lt;name&gt;</code> to use a concept (several are fine;
+      <code>&lt;name:0.7&gt;</code> weakens a LoRA or E4T concept)</label>
     <textarea id="prompt" data-testid="prompt">a photo of a dog</textarea>
     <label for="negative">Negative prompt</label>
     <input id="negative" data-testid="negative" type="text">

@@ -66,7 +66,8 @@ class Methods(BaseModel):
 
 
 class GenerateRequest(BaseModel):
-    prompt: str = Field(description="what to draw; <name> uses concept `name` from the library")
+    prompt: str = Field(description="what to draw; <name> uses concept `name` from the library, <name:0.7> at "
+                                    "weight 0.7 (LoRA and E4T concepts; 0 to 2, default 1)")
     concepts: list[str] = Field(default_factory=list,
                                 description="concepts to use (those written as <name> in the prompt are added)")
     negative_prompt: str | None = None
@@ -93,6 +94,7 @@ class Image(BaseModel):
     height: int
     negative_prompt: str | None
     concepts: list[str]
+    concept_weights: list[float] | None = Field(None, description="the concepts' weights, when one is not 1")
     model: str
     base64_png: str | None = None
 
