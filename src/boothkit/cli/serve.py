@@ -39,10 +39,10 @@ def serve(
     try:
         cfg = AppConfig(model=model, data=data or default_data_dir(), token=auth_token or None, workers=workers,
                         device=None if device == "auto" else device, dtype=None if dtype == "auto" else dtype)
-        from ..progress import set_enabled
+        from ..progress import bars
 
-        set_enabled(False)  # background jobs' bars would interleave in the server log; the page shows progress
-        run(cfg, host=host, port=port, log_level=log_level)
+        with bars(False):  # background jobs' bars would interleave in the server log; the page shows progress
+            run(cfg, host=host, port=port, log_level=log_level)
     except (RequestError, ValueError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from None
