@@ -206,3 +206,30 @@ def test_progress_switch_silences_the_training_bar(tmp_path, tiny_model, subject
         tune("lora", subject_photos, "animal", tmp_path / "b", model=tiny_model, steps=2, config=cfg)
     assert "training:" not in capsys.readouterr().err
     assert enabled()  # back on after the block
+
+
+def test_save_every_keeps_loadable_snapshots_equal_to_shorter_runs(tmp_path, tiny_model, subject_photos):
+    """save_every=2 over 4 steps keeps the concept after step 2 (not after 4: that is the concept itself); the
+    data and noise are a function of the step, so it holds a 2-step run's weights exactly, and loads like any
+    concept. It was written before the kill (the resumed run starts after step 2): it survives a resume."""
+    from boothkit.methods import apply_concepts
+    from boothkit.pipeline import load_pipeline
+
+    cfg = {**CFG, "save_every": 2}
+    out = tmp_path / "rat"
+    with pytest.raises(Kill):
+        tune("lora", subject_photos, "animal", out, model=tiny_model, steps=4, config=cfg, on_step=_killer(3))
+    tune("lora", subject_photos, "animal", out, model=tiny_model, steps=4, config=cfg, resume=True)
+    snaps = sorted(p.name for p in (out / "snapshots").iterdir())
+    assert snaps == ["rat-step-000002"]
+    snap = out / "snapshots" / snaps[0]
+    meta = json.loads((snap / "concept.json").read_text())
+    assert meta["training"]["steps"] == 2 and meta["training"]["snapshot_of"] == "rat" and meta["method"] == "lora"
+    short = tune("lora", subject_photos, "animal", tmp_path / "short", model=tiny_model, steps=2, config=CFG)
+    a = load_file(str(snap / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(short / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    final = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    assert any(not torch.equal(a[k], final[k]) for k in a)
+    pipe = apply_concepts(load_pipeline(tiny_model, device="cpu", dtype="fp32", progress=False), [snap])
+    assert pipe.get_active_adapters() == ["rat_step_000002"]

@@ -81,6 +81,9 @@ def tune(
         raise typer.Exit(2)
     meta = json.loads((Path(path) / "concept.json").read_text())
     typer.echo(f"concept written to {path}")
+    snaps = sorted(p for p in (Path(path) / "snapshots").glob("*") if p.is_dir())
+    if snaps:
+        typer.echo(f"{len(snaps)} earlier snapshot(s), each a concept folder: {', '.join(str(p) for p in snaps)}")
     _plot_training(Path(path))
     typer.echo(f"try: boothkit generate --concept {path} --model {model} \"{meta['prompt']}\"")
 

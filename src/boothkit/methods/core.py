@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -125,19 +126,36 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
         if state.is_main_process and not resume:
             shutil.rmtree(work, ignore_errors=True)  # nothing trained: leave no empty work folder behind
         raise
-    stats = train(recipe, cfg, work, resume=resume, run_info=run_info, progress=progress, on_step=on_step)
+    classes = [c for _, c in pairs]
+
+    def snapshot(step: int, loss: float) -> None:
+        """The concept as it is after `step`, as a concept folder under work/snapshots (renamed into place)."""
+        final = work / SNAPSHOTS / f"{out.name}-step-{step:06d}"
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        saved = recipe.save_artifact(tmp)
+        meta = _concept_meta(method, model, base_hash, tokens, class_noun, classes, size, cfg, saved,
+                             {"steps": step, "loss": loss, "snapshot_of": out.name})
+        (tmp / CONCEPT_FILE).write_text(json.dumps(meta, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+
+    stats = train(recipe, cfg, work, resume=resume, run_info=run_info, progress=progress, on_step=on_step,
+                  on_save=snapshot)
     if not stats["is_main_process"]:
         return out
     with staged_folder(out) as staged:
         saved = recipe.save_artifact(staged)
+        if (work / SNAPSHOTS).is_dir():
+            shutil.copytree(work / SNAPSHOTS, staged / SNAPSHOTS, ignore=shutil.ignore_patterns("*.tmp"))
         for extra in ("validation", "train_log.jsonl"):
             if (work / extra).exists():
                 (shutil.copytree if (work / extra).is_dir() else shutil.copy2)(work / extra, staged / extra)
         training = {"first_step": stats["first_step"], "steps": stats["steps"],
                     "train_seconds": round(stats["train_seconds"], 2),
                     "final_loss": stats["losses"][-1] if stats["losses"] else None}
-        meta = _concept_meta(method, model, base_hash, tokens, class_noun, [c for _, c in pairs], size, cfg, saved,
-                             training)
+        meta = _concept_meta(method, model, base_hash, tokens, class_noun, classes, size, cfg, saved, training)
         if captions:
             meta["captions"] = caption_sets  #: per subject, the caption of each photo in file-name order
         (staged / CONCEPT_FILE).write_text(json.dumps(meta, indent=1))
@@ -172,7 +190,9 @@ def _encode_concept(spec, pipe, photos, class_noun, tokens, cfg, out, model, bas
 
 
 _NOT_TRAJECTORY = {"steps", "checkpoint_every", "keep_checkpoints", "validate_every", "validation_images",
-                   "validation_steps", "validation_prompt", "keep_training_state"}
+                   "validation_steps", "validation_prompt", "keep_training_state", "save_every"}
+#: the folder of a concept (and of its run's work folder) that holds its snapshots (TrainConfig.save_every)
+SNAPSHOTS = "snapshots"
 #: options added after checkpoints existed, with their defaults: left out of the run id while at them, so a
 #: checkpoint written before they existed still resumes (the run it continues had them off)
 _ADDED_LATER = {k: TrainConfig.__dataclass_fields__[k].default

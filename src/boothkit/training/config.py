@@ -79,6 +79,9 @@ class TrainConfig(DictConfig):
     use_8bit_adam: bool = True  #: adamw: bitsandbytes AdamW8bit when installed and on CUDA; otherwise torch AdamW
     checkpoint_every: int = 50  #: write a resumable checkpoint every N steps (0 = never)
     keep_checkpoints: int = 2  #: keep the newest K complete checkpoints
+    #: also keep the concept as it was every N steps, in <out>/snapshots/<name>-step-N/ (each one a concept folder
+    #: that generate --concept loads), to pick an earlier, less overfit one (kohya's --save_every_n_steps); 0 = off
+    save_every: int = 0
     validate_every: int = 0  #: write a validation grid every N steps (0 = only at the end when validation_images > 0)
     validation_images: int = 4  #: images per validation grid (0 = no validation)
     validation_steps: int = 20  #: sampler steps for validation images
@@ -116,6 +119,7 @@ class TrainConfig(DictConfig):
              f"mixed_precision must be one of {MIXED_PRECISION} (got {self.mixed_precision!r})")
         need(self.checkpoint_every >= 0, "checkpoint_every must be >= 0")
         need(self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1")
+        need(self.save_every >= 0, f"save_every must be >= 0 (0 = off; got {self.save_every})")
         need(self.validate_every >= 0, "validate_every must be >= 0")
         need(self.validation_images >= 0, "validation_images must be >= 0")
         need(self.validation_steps >= 1, "validation_steps must be at least 1")

@@ -108,12 +108,13 @@ def lr_depends_on_steps(cfg) -> bool:
 
 def train(recipe, cfg, work_dir: str | Path, *, resume: bool = False, run_info: dict | None = None,
           progress: Callable[[int, int], None] | None = None, on_step: Callable[[int, float], None] | None = None,
-          accelerator=None) -> dict:
+          on_save: Callable[[int, float], None] | None = None, accelerator=None) -> dict:
     """Run cfg.steps optimizer steps of `recipe.loss`, with checkpoints under work_dir/checkpoints.
 
     run_info: what identifies this run (method, model hash, photos hash, config); a resumed run must match it.
     progress(step, total): called after each step (the app's progress bar); on_step(step, loss): likewise (tests
-    use it to kill a run). Returns stats: steps run, first step, losses, seconds.
+    use it to kill a run); on_save(step, loss): every cfg.save_every steps before the last, on the main process
+    (the concept snapshots). Returns stats: steps run, first step, losses, seconds.
     Raises TrainingError on a NaN/inf loss, naming the step and the last good checkpoint.
     """
     from accelerate import Accelerator
@@ -206,6 +207,9 @@ def train(recipe, cfg, work_dir: str | Path, *, resume: bool = False, run_info: 
                 last_good = save_checkpoint(ck_root, done, {"trainable": recipe.state_tensors(),
                                                             "optimizer": optimizer_tensors(opt.optimizer)},
                                             meta={"run_id": run_id, **schedule_meta}, keep=cfg.keep_checkpoints)
+            save_every = getattr(cfg, "save_every", 0)
+            if on_save is not None and save_every and done % save_every == 0 and done < cfg.steps:
+                on_save(done, step_loss)
             if cfg.validate_every and done % cfg.validate_every == 0 and done < cfg.steps:
                 validate(recipe, cfg, work_dir / "validation", done)
         if progress is not None:
