@@ -126,3 +126,12 @@ def test_world_references_with_captions_then_tune_with_them(tmp_path, tiny_model
     assert json.loads((tmp_path / "c" / "concept.json").read_text())["captions"] == [texts]
     r = runner.invoke(app, ["world", "references", "dog face", "--out", str(tmp_path / "q"), "--captions", " "])
     assert r.exit_code != 0 and not (tmp_path / "q").exists()
+
+
+def test_tune_show_config_needs_no_photos_and_a_tune_without_them_is_a_usage_error():
+    r = runner.invoke(app, ["tune", "--method", "lora", "--show-config"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads(r.output)
+    assert cfg["optimizer"] == "adamw" and cfg["crop"] == "center" and cfg["save_every"] == 0
+    r = runner.invoke(app, ["tune", "--method", "lora", "--class", "dog"])
+    assert r.exit_code == 2 and "missing --images, --out" in r.output

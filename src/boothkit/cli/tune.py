@@ -30,9 +30,10 @@ def _parse_set(items: list[str]) -> dict:
 
 def tune(
     method: str = typer.Option(..., "--method", help="dreambooth, lora, ti, custom, e4t or instantbooth."),
-    images: str = typer.Option(..., "--images", help="Folder of 1-20 subject photos (jpg/png/webp, any size)."),
-    class_noun: str = typer.Option(..., "--class", help="The subject's class noun, e.g. dog."),
-    out: str = typer.Option(..., "--out", "-o", help="Concept folder to write (e.g. concepts/NAME)."),
+    images: str = typer.Option(None, "--images", help="Folder of 1-20 subject photos (jpg/png/webp, any size). "
+                               "Required, as --class and --out are, unless --show-config."),
+    class_noun: str = typer.Option(None, "--class", help="The subject's class noun, e.g. dog."),
+    out: str = typer.Option(None, "--out", "-o", help="Concept folder to write (e.g. concepts/NAME)."),
     steps: int = typer.Option(None, "--steps", help="Optimizer steps (overrides the recipe's default)."),
     config: str = typer.Option(None, "--config", help="JSON file of method config fields (see --show-config)."),
     set_: list[str] = typer.Option(None, "--set", help="Override one config field: key=value (repeatable)."),
@@ -58,6 +59,10 @@ def tune(
     if show_config:
         typer.echo(json.dumps(METHODS[method].config().to_dict(), indent=1))
         raise typer.Exit()
+    missing = [flag for flag, v in (("--images", images), ("--class", class_noun), ("--out", out)) if not v]
+    if missing:
+        typer.secho(f"error: missing {', '.join(missing)} (needed unless --show-config)", fg="red", err=True)
+        raise typer.Exit(2)
     try:
         cfg = {}
         if config:
