@@ -65,6 +65,24 @@ def standin_methods(delay: float = 0.01) -> dict:
             "standin-noresume": MethodSpec("standin-noresume", tune, apply, supports_resume=False)}
 
 
+def lora_library(data: Path, concept: Path, model: str, name: str = "ratlora"):
+    """An AppConfig whose library (at `data`) holds a copy of the LoRA concept folder `concept` as `name`, as a
+    finished job leaves it, served with the real LoRA method on `model`."""
+    import shutil
+
+    from boothkit.app.registry import registered_methods
+    from boothkit.app.server import AppConfig
+    from boothkit.app.storage import Store
+
+    store = Store(data)
+    job = store.add_job(store.new_job_id(), concept=name, method="lora", class_noun="animal", model=model,
+                        steps=3, n_images=5)
+    copy = data.parent / f"{name}-copy"
+    shutil.copytree(concept, copy)
+    store.finish_job(job, copy)
+    return AppConfig(data=data, model=model, methods={"lora": registered_methods()["lora"]}, preload=False)
+
+
 # -- server ------------------------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:

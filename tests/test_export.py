@@ -226,23 +226,13 @@ def test_app_webui_downloads_at_once_all_succeed_and_leave_nothing(tmp_path, tin
     """Each LoRA export loads a base pipeline and applies the concept; loads patch process-wide hooks, so they are
     serialised (pipeline.PIPELINE_LOCK): two at once used to break every later load of the server."""
     import io
-    import shutil
     import threading
     import zipfile
 
-    from boothkit.app.registry import registered_methods
-    from boothkit.app.server import AppConfig
-    from boothkit.app.storage import Store
-    from test_app_support import ServerThread, http
+    from test_app_support import ServerThread, http, lora_library
 
     data = tmp_path / "data"
-    store = Store(data)
-    job = store.add_job(store.new_job_id(), concept="ratlora", method="lora", class_noun="animal", model=tiny_model,
-                        steps=3, n_images=5)
-    shutil.copytree(lora_concept, tmp_path / "c")
-    store.finish_job(job, tmp_path / "c")
-    cfg = AppConfig(data=data, model=tiny_model, methods={"lora": registered_methods()["lora"]}, preload=False)
-    with ServerThread(cfg) as s:
+    with ServerThread(lora_library(data, lora_concept, tiny_model)) as s:
         url = s.url + "/api/concepts/ratlora/webui"
         got = []
         threads = [threading.Thread(target=lambda: got.append(http("GET", url))) for _ in range(3)]

@@ -101,24 +101,13 @@ def test_app_prompt_weights(lora_concept, tiny_model, tmp_path):
     """`<name:W>` in an app prompt applies the concept at weight W: 0 draws what the base model draws for the
     trigger phrase, 0.5 something else; the weight is recorded with the image; bad weights are 400s."""
     import io
-    import shutil
 
     import numpy as np
     from PIL import Image
 
-    from boothkit.app.registry import registered_methods
-    from boothkit.app.server import AppConfig
-    from boothkit.app.storage import Store
-    from test_app_support import ServerThread, http
+    from test_app_support import ServerThread, http, lora_library
 
-    data = tmp_path / "data"
-    store = Store(data)
-    job = store.add_job(store.new_job_id(), concept="ratlora", method="lora", class_noun="animal", model=tiny_model,
-                        steps=3, n_images=5)
-    shutil.copytree(lora_concept, tmp_path / "c")
-    store.finish_job(job, tmp_path / "c")
-    cfg = AppConfig(data=data, model=tiny_model, methods={"lora": registered_methods()["lora"]}, preload=False)
-    with ServerThread(cfg) as s:
+    with ServerThread(lora_library(tmp_path / "data", lora_concept, tiny_model)) as s:
         def draw(prompt):
             r = http("POST", s.url + "/api/generate", json_body={"prompt": prompt, "steps": 2, "seed": 1})
             assert r.status == 200, r

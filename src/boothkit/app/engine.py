@@ -128,12 +128,14 @@ class Engine:
         given: dict[str, set[float]] = {}
         for n, w in CONCEPT_REF.findall(prompt):
             given.setdefault(n, set()).add(float(w) if w else 1.0)
-        referenced = list(given)
+        weight: dict[str, float] = {}
         for n, ws in given.items():
             if len(ws) > 1:
                 raise RequestError(f"<{n}> is written with different weights {sorted(ws)}: one concept, one weight")
-            if not 0 <= next(iter(ws)) <= MAX_WEIGHT:
-                raise RequestError(f"<{n}:{next(iter(ws)):g}>: a weight must be between 0 and {MAX_WEIGHT:g}")
+            (weight[n],) = ws
+            if not 0 <= weight[n] <= MAX_WEIGHT:
+                raise RequestError(f"<{n}:{weight[n]:g}>: a weight must be between 0 and {MAX_WEIGHT:g}")
+        referenced = list(weight)
         wanted = list(dict.fromkeys(list(names) + referenced))
         rows = []
         for n in wanted:
@@ -146,7 +148,7 @@ class Engine:
                                    f"where the subject goes")
             rows.append(row)
         phrases = {r["name"]: trigger_phrase(self.store.concept_dir(r["name"]), r) for r in rows}
-        weights = [next(iter(given[r["name"]])) for r in rows]
+        weights = [weight[r["name"]] for r in rows]
         return CONCEPT_REF.sub(lambda m: phrases.get(m.group(1), m.group(0)), prompt), rows, weights
 
     def generate(self, prompt: str, *, concepts: list[str], n: int, seed: int, steps: int, guidance: float,

@@ -177,7 +177,7 @@ def run_world(cfg: BenchConfig) -> dict:
     if cfg.command and cfg.command not in commands and not cfg.report_only:
         commands.append(cfg.command)  # every invocation that contributed units
     write_json_atomic(state_file, {"protocol": proto, "methods": methods, "recipes": recipe, "commands": commands,
-                              "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                                   "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     cfg.commands = commands
     proto = {**proto, "recipes": recipe}
 

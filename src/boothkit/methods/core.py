@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -129,17 +128,12 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
     classes = [c for _, c in pairs]
 
     def snapshot(step: int, loss: float) -> None:
-        """The concept as it is after `step`, as a concept folder under work/snapshots (renamed into place)."""
-        final = work / SNAPSHOTS / f"{out.name}-step-{step:06d}"
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        saved = recipe.save_artifact(tmp)
-        meta = _concept_meta(method, model, base_hash, tokens, class_noun, classes, size, cfg, saved,
-                             {"steps": step, "loss": loss, "snapshot_of": out.name})
-        (tmp / CONCEPT_FILE).write_text(json.dumps(meta, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        """The concept as it is after `step`: a concept folder under work/snapshots, staged and renamed into place."""
+        with staged_folder(work / SNAPSHOTS / f"{out.name}-step-{step:06d}") as tmp:
+            saved = recipe.save_artifact(tmp)
+            meta = _concept_meta(method, model, base_hash, tokens, class_noun, classes, size, cfg, saved,
+                                 {"steps": step, "loss": loss, "snapshot_of": out.name})
+            (tmp / CONCEPT_FILE).write_text(json.dumps(meta, indent=1))
 
     stats = train(recipe, cfg, work, resume=resume, run_info=run_info, progress=progress, on_step=on_step,
                   on_save=snapshot)
@@ -148,7 +142,8 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
     with staged_folder(out) as staged:
         saved = recipe.save_artifact(staged)
         if (work / SNAPSHOTS).is_dir():
-            shutil.copytree(work / SNAPSHOTS, staged / SNAPSHOTS, ignore=shutil.ignore_patterns("*.tmp"))
+            # not the hidden staging folders a run killed mid-snapshot leaves
+            shutil.copytree(work / SNAPSHOTS, staged / SNAPSHOTS, ignore=shutil.ignore_patterns(".*"))
         for extra in ("validation", "train_log.jsonl"):
             if (work / extra).exists():
                 (shutil.copytree if (work / extra).is_dir() else shutil.copy2)(work / extra, staged / extra)

@@ -164,20 +164,13 @@ def save(recipe, folder: Path) -> dict:
 
 
 def load(pipe, folder: Path, meta: dict) -> str:
-    """The word through load_textual_inversion, the weight offsets through load_lora_weights (named adapter).
-
-    Loading a LoRA makes it the only active adapter; this keeps the ones loaded before active too. Several E4T
-    concepts share their domain's pretrained offsets, so they are weighted 1/k each (the domain part is applied
-    once, each subject's tuned part at 1/k) instead of adding the domain offsets k times.
-    """
-    before = pipe.get_active_adapters() if getattr(pipe.unet, "peft_config", None) else []
+    """The word through load_textual_inversion, the weight offsets through load_lora_weights (named adapter),
+    recorded in `pipe.e4t_adapters`: several E4T concepts share their domain's pretrained offsets, so
+    apply_concepts (methods/core.py), which activates every adapter it loaded, weights them 1/k each (the domain
+    part applied once, each subject's tuned part at 1/k) instead of adding the domain offsets k times."""
     ti_artifact.load(pipe, folder, meta)
     name = lora_artifact.load(pipe, folder, meta)
-    ours = [*getattr(pipe, "e4t_adapters", []), name]
-    pipe.e4t_adapters = ours
-    others = [a for a in before if a not in ours]
-    if others or len(ours) > 1:
-        pipe.set_adapters(others + ours, [1.0] * len(others) + [1.0 / len(ours)] * len(ours))
+    pipe.e4t_adapters = [*getattr(pipe, "e4t_adapters", []), name]
     return name
 
 

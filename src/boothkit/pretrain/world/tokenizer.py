@@ -11,8 +11,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,25 +42,18 @@ def build_tokenizer(out_dir: str | Path, bpe_gz: bytes | None = None) -> Path:
     symbols = list(bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
+    from ...inputs import staged_folder
+
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
     # built in a folder beside out and renamed into place: a run killed midway leaves no half tokenizer that the
     # next run would take for a finished one
-    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            vfile, mfile = Path(tmp) / "vocab.json", Path(tmp) / "merges.txt"
-            vfile.write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
-            mfile.write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
-            tok = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
-            tok.save_pretrained(str(staged))
-            # The slow-tokenizer files too, for readers that want vocab.json + merges.txt (older transformers).
-            for f in (vfile, mfile):
-                (staged / f.name).write_bytes(f.read_bytes())
-        staged.chmod(0o755)  # mkdtemp makes it private
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staged, out)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
+    with staged_folder(out) as staged, tempfile.TemporaryDirectory() as tmp:
+        vfile, mfile = Path(tmp) / "vocab.json", Path(tmp) / "merges.txt"
+        vfile.write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
+        mfile.write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
+        tok = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
+        tok.save_pretrained(str(staged))
+        # The slow-tokenizer files too, for readers that want vocab.json + merges.txt (older transformers).
+        for f in (vfile, mfile):
+            (staged / f.name).write_bytes(f.read_bytes())
     return out
