@@ -15,11 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
-MIN_SIDE = 64  #: smallest accepted side in pixels
-MAX_PIXELS = 50_000_000  #: larger images are refused as possible decompression bombs
+from .images import MAX_PIXELS, MIN_SIDE  # noqa: E402,F401  (re-exported: callers read them here)
 MAX_IMAGES = 20
 CONCEPT_FILE = "concept.json"
 
@@ -34,55 +33,15 @@ class Skipped:
     reason: str
 
 
-def _to_rgb(im: Image.Image, background=(255, 255, 255)) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB. Alpha is composited on `background`; 16-bit and float are rescaled."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        import numpy as np
-
-        a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-        im = Image.fromarray((a / top * 255).clip(0, 255).round().astype("uint8"), "L")
-    elif im.mode == "F":
-        import numpy as np
-
-        a = np.asarray(im, dtype=np.float64)
-        top = 1.0 if a.max() <= 1.0 else 255.0
-        im = Image.fromarray((a / top * 255).clip(0, 255).round().astype("uint8"), "L")
-    if im.mode == "P":
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = im.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, background + (255,))
-        return Image.alpha_composite(bg, rgba).convert("RGB")
-    return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
-
-
 def load_image(path: str | Path, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """One photo -> RGB PIL image with EXIF orientation applied. Raises InputError saying what is wrong."""
+    """One photo -> RGB PIL image with EXIF orientation applied (boothkit.images.decode, the one decoder).
+    Raises InputError saying what is wrong."""
+    from .images import decode
+
     path = Path(path)
     if path.suffix.lower() not in EXTENSIONS:
         raise InputError(f"{path}: not a supported image type (use {', '.join(EXTENSIONS)})")
-    try:
-        with Image.open(path) as probe:
-            w, h = probe.size
-    except Image.DecompressionBombError as e:
-        raise InputError(f"{path}: image too large (possible decompression bomb): {e}") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: not a readable image ({e})") from e
-    if w * h > max_pixels:
-        raise InputError(f"{path}: {w}x{h} = {w * h / 1e6:.0f} MP is over the {max_pixels / 1e6:.0f} MP limit "
-                         "(refused as a possible decompression bomb; downscale it first)")
-    if min(w, h) < min_side:
-        raise InputError(f"{path}: {w}x{h} is too small (the shorter side must be at least {min_side} px)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()  # decodes every byte: truncated files fail here
-                im = ImageOps.exif_transpose(im)
-                return _to_rgb(im)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
-        raise InputError(f"{path}: corrupt or truncated image ({e})") from e
+    return decode(path, min_side=min_side, max_pixels=max_pixels)
 
 
 def load_subject_images(images: str | Path | list, min_images: int = 1, max_images: int = MAX_IMAGES,
