@@ -45,6 +45,47 @@ def build_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def build_tiny_sdxl_pipeline(folder: Path, seed: int = 0) -> Path:
+    """A random StableDiffusionXLPipeline with SDXL's layout, tiny widths (as diffusers' SDXL tests build one):
+    a UNet with addition_embed_type="text_time", two CLIP text encoders (the second with a projection: the pooled
+    embedding), 8x VAE. 64 px images -> 8x8x4 latents; the context is both encoders' widths, 32 + 32.
+    """
+    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from boothkit.pipeline import world_path
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+                                use_linear_projection=True, addition_embed_type="text_time",
+                                addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+                                projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64,
+                                norm_num_groups=8)
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        norm_num_groups=4, layers_per_block=1, sample_size=64, force_upcast=True)
+    tokenizer = CLIPTokenizer.from_pretrained(str(world_path() / "tokenizer"))
+    te_cfg = dict(bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05,
+                  num_attention_heads=4, num_hidden_layers=2, pad_token_id=1, vocab_size=len(tokenizer),
+                  projection_dim=32, hidden_act="gelu")
+    text_encoder = CLIPTextModel(CLIPTextConfig(**te_cfg))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**te_cfg))
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="leading", steps_offset=1)
+    pipe = StableDiffusionXLPipeline(unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=scheduler)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> str:
+    return str(build_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "model"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     return str(build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd") / "model"))
@@ -79,6 +120,16 @@ def subject_photos(tmp_path_factory) -> Path:
 def second_subject_photos(tmp_path_factory) -> Path:
     """Four reference renders of a held-out world food."""
     return _reference_folder(tmp_path_factory, "photos2", "food", "food", 4)
+
+
+#: real photos (DreamBench subjects, downscaled, CC BY 4.0: tests/data/dreambench/README.md)
+REAL_PHOTOS = Path(__file__).resolve().parent / "data" / "dreambench"
+
+
+@pytest.fixture(scope="session")
+def real_photos() -> Path:
+    """Folder of real-photo subjects: dog/, cat/, backpack/ (5-6 JPEGs each, 192 px)."""
+    return REAL_PHOTOS
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -125,6 +176,15 @@ def plain_pipeline(model):
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def plain_sdxl(model):
+    """An SDXL base model loaded with diffusers alone (no boothkit code)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

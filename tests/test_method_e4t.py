@@ -232,8 +232,8 @@ def test_cli_pretrain_e4t(tmp_path):
 def test_tuning_encodes_each_distinct_prompt_once_with_the_same_values_and_gradient():
     from types import SimpleNamespace
 
+    from boothkit.families import family_of
     from boothkit.methods.e4t.model import E4TRecipe
-    from boothkit.training.recipe import Recipe
 
     pipe = load_pipeline("world", device="cpu", dtype="fp32", progress=False)
     tok, te = pipe.tokenizer, pipe.text_encoder
@@ -244,8 +244,7 @@ def test_tuning_encodes_each_distinct_prompt_once_with_the_same_values_and_gradi
     calls = []
     hook = te.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
     prompts = [PROMPT, "sks person on a red background", PROMPT, PROMPT]
-    recipe = SimpleNamespace(tokenizer=tok, text_encoder=te, unet=pipe.unet)
-    recipe.prompt_ids = lambda p: Recipe.prompt_ids(recipe, p)
+    recipe = SimpleNamespace(pipe=pipe, family=family_of(pipe))
     weights = torch.randn(len(prompts), 77, te.config.hidden_size)
 
     def grad_of(encode):
@@ -255,7 +254,7 @@ def test_tuning_encodes_each_distinct_prompt_once_with_the_same_values_and_gradi
         (out * weights).sum().backward()
         return out.detach(), word.grad.clone()
 
-    got, got_grad = grad_of(lambda p: E4TRecipe.encode_prompts(recipe, p))
+    got, got_grad = grad_of(lambda p: E4TRecipe.encode_prompts(recipe, p).hidden)
     assert calls == [2]  # one text-encoder pass over the 2 distinct prompts
     ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     want, want_grad = grad_of(lambda p: te(ids)[0])

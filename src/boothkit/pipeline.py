@@ -72,16 +72,48 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
     return torch.float32
 
 
+def model_class_name(model: str) -> str | None:
+    """The pipeline class a model's model_index.json names (a local folder, or a hub id in the hub or its cache);
+    None when it cannot be read."""
+    path = resolve_model(model)
+    index = Path(path) / "model_index.json"
+    try:
+        if index.is_file():
+            return json.loads(index.read_text()).get("_class_name")
+        from diffusers import DiffusionPipeline
+
+        return DiffusionPipeline.load_config(path).get("_class_name")
+    except (OSError, ValueError, EnvironmentError):
+        return None
+
+
+def model_family(model: str):
+    """The base-model family (boothkit.families) of a model, from its model_index.json, before loading any weight;
+    ModelNotFoundError naming the pipeline class when boothkit does not support it. SD when it cannot be read
+    (loading will say why)."""
+    from .families import family_named, family_of_class, supported_classes
+
+    name = model_class_name(model)
+    if name is None:
+        return family_named("sd")
+    fam = family_of_class(name)
+    if fam is None:
+        raise ModelNotFoundError(f"model {model!r} is a {name}; boothkit works with {', '.join(supported_classes())}")
+    return fam
+
+
 def load_pipeline(model: str = WORLD, device: str | None = None, dtype: str | torch.dtype | None = None,
-                  progress: bool = True, scheduler: str | None = None):
-    """A diffusers StableDiffusionPipeline for `model` on the chosen device and dtype.
+                  progress: bool = True, scheduler: str | None = None, image_encoder: str | None = None):
+    """A diffusers pipeline of a supported family (StableDiffusionPipeline, StableDiffusionXLPipeline) for `model`
+    on the chosen device and dtype.
 
     model: "world" (the shipped emoji-world model), a local diffusers folder, or a hub id (needs the hub to be
     reachable, or the model in the local hub cache). Fails with ModelNotFoundError naming the model otherwise.
     scheduler: a sampler name (SCHEDULERS, or a diffusers scheduler class name); None: the model's own.
+    image_encoder: a CLIPVisionModelWithProjection folder or hub id to use as the pipeline's image_encoder (the
+    encoder methods' vision tower; real SD/SDXL folders ship none); None: the model's own, if any.
+    The pipeline records what was asked for: `boothkit_model`, `boothkit_image_encoder`, `boothkit_family`.
     """
-    from diffusers import StableDiffusionPipeline
-
     path = resolve_model(model)
     if not progress:
         import diffusers.utils.logging as dlog
@@ -89,12 +121,15 @@ def load_pipeline(model: str = WORLD, device: str | None = None, dtype: str | to
 
         dlog.disable_progress_bar()
         tlog.disable_progress_bar()
+    fam = model_family(model)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
+    extra = dict(fam.load_kwargs())
+    if image_encoder:
+        extra.update(load_image_encoder(image_encoder, dt))
     try:
         with PIPELINE_LOCK:
-            pipe = StableDiffusionPipeline.from_pretrained(path, dtype=dt, safety_checker=None,
-                                                           requires_safety_checker=False)
+            pipe = fam.pipeline_class().from_pretrained(path, dtype=dt, **extra)
     except (OSError, ValueError, EnvironmentError) as e:
         if path == model and not Path(model).exists():
             raise ModelNotFoundError(
@@ -105,7 +140,43 @@ def load_pipeline(model: str = WORLD, device: str | None = None, dtype: str | to
     pipe = pipe.to(dev)
     pipe.set_progress_bar_config(disable=not progress, leave=False)
     pipe.boothkit_model = model  # what the user asked for, recorded in artifacts
+    pipe.boothkit_image_encoder = image_encoder
+    pipe.boothkit_family = fam.name
     return pipe
+
+
+def load_image_encoder(source: str, dtype: torch.dtype | None = None) -> dict:
+    """A CLIP vision tower (transformers' CLIPVisionModelWithProjection) from a folder or hub id, and its image
+    processor when the folder has one -> {"image_encoder": ..., "feature_extractor": ...} for from_pretrained.
+    ModelNotFoundError naming the source when it cannot be loaded."""
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    p = Path(source).expanduser()
+    if source.startswith((".", "/", "~")) and not p.exists():
+        raise ModelNotFoundError(f"--image-encoder {source!r}: no such folder")
+    try:
+        with PIPELINE_LOCK:
+            enc = CLIPVisionModelWithProjection.from_pretrained(str(p) if p.exists() else source, dtype=dtype)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise ModelNotFoundError(f"could not load --image-encoder {source!r} as a CLIPVisionModelWithProjection: "
+                                 f"{str(e).splitlines()[0]}") from e
+    out = {"image_encoder": enc}
+    try:
+        out["feature_extractor"] = CLIPImageProcessor.from_pretrained(str(p) if p.exists() else source)
+    except (OSError, ValueError, EnvironmentError):
+        pass  # no preprocessor config: the encoder methods fall back to CLIP's mean/std at the tower's size
+    return out
+
+
+def image_encoder_hash(source: str) -> str:
+    """Content hash of a vision tower's weight files (or of its id when it is not on disk), as model_hash."""
+    from .cache import cached_digest
+
+    p = Path(source).expanduser()
+    if not p.exists():
+        return "id:" + hashlib.sha256(source.encode()).hexdigest()[:16]
+    files = sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin"))
+    return cached_digest(files, hash_files)
 
 
 #: Sampler names (the words kohya and web-UI users know) -> diffusers scheduler class and config overrides. Each is
@@ -164,7 +235,8 @@ def model_hash(model: str) -> str:
     path = Path(resolve_model(model))
     if not path.exists():
         return "id:" + hashlib.sha256(model.encode()).hexdigest()[:16]
-    files = [f for sub in ("unet", "text_encoder")
+    # text_encoder_2 (SDXL) exists only where it is: SD models keep the hash they always had
+    files = [f for sub in ("unet", "text_encoder", "text_encoder_2")
              for f in sorted((path / sub).glob("*.safetensors")) + sorted((path / sub).glob("*.bin"))]
     return cached_digest(files, hash_files)  # remembered by the files' stamps (boothkit.cache)
 

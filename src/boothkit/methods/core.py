@@ -88,12 +88,15 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
     state = PartialState(cpu=cpu_only())  # under `accelerate launch`: one of several processes; only the main one writes
     pipe = load_pipeline(model, device=device, dtype="fp32", progress=False)
     base_hash = model_hash(model)
-    size = getattr(cfg, "resolution", None) or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    from ..families import family_of
+
+    family = family_of(pipe)
+    size = getattr(cfg, "resolution", None) or family.default_resolution(pipe)
     if spec.encode is not None:  # an encoder method: no training loop, no work dir
         if not state.is_main_process:
             return out
         return _encode_concept(spec, pipe, photo_sets[0], class_noun, tokens, cfg, out, model, base_hash, size,
-                               progress)
+                               progress, family.name)
     subs = []
     for (imgs, cls), photos, token, caps in zip(pairs, photo_sets, tokens, caption_sets):
         prior = None
@@ -132,7 +135,7 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
         with staged_folder(work / SNAPSHOTS / f"{out.name}-step-{step:06d}") as tmp:
             saved = recipe.save_artifact(tmp)
             meta = _concept_meta(method, model, base_hash, tokens, class_noun, classes, size, cfg, saved,
-                                 {"steps": step, "loss": loss, "snapshot_of": out.name})
+                                 {"steps": step, "loss": loss, "snapshot_of": out.name}, family.name)
             (tmp / CONCEPT_FILE).write_text(json.dumps(meta, indent=1))
 
     stats = train(recipe, cfg, work, resume=resume, run_info=run_info, progress=progress, on_step=on_step,
@@ -150,7 +153,8 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
         training = {"first_step": stats["first_step"], "steps": stats["steps"],
                     "train_seconds": round(stats["train_seconds"], 2),
                     "final_loss": stats["losses"][-1] if stats["losses"] else None}
-        meta = _concept_meta(method, model, base_hash, tokens, class_noun, classes, size, cfg, saved, training)
+        meta = _concept_meta(method, model, base_hash, tokens, class_noun, classes, size, cfg, saved, training,
+                             family.name)
         if captions:
             meta["captions"] = caption_sets  #: per subject, the caption of each photo in file-name order
         (staged / CONCEPT_FILE).write_text(json.dumps(meta, indent=1))
@@ -159,15 +163,18 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
     return out
 
 
-def _concept_meta(method, model, base_hash, tokens, class_noun, classes, size, cfg, saved, training) -> dict:
+def _concept_meta(method, model, base_hash, tokens, class_noun, classes, size, cfg, saved, training,
+                  family: str = "sd") -> dict:
     """concept.json: what every method's concept folder records."""
-    return {"method": method, "base_model": model, "model_hash": base_hash, "tokens": tokens, "class": class_noun,
+    return {"method": method, "base_model": model, "model_hash": base_hash, "family": family, "tokens": tokens,
+            "class": class_noun,
             "classes": classes, "prompt": instance_prompt(tokens[0], class_noun), "resolution": size,
             "config": cfg.to_dict(), "files": saved.get("files", []), "boothkit_version": __version__,
             "training": training, **{k: v for k, v in saved.items() if k != "files"}}
 
 
-def _encode_concept(spec, pipe, photos, class_noun, tokens, cfg, out, model, base_hash, size, progress) -> Path:
+def _encode_concept(spec, pipe, photos, class_noun, tokens, cfg, out, model, base_hash, size, progress,
+                    family: str) -> Path:
     """tune() for encoder methods: the photos go through the method's encoder into a concept folder."""
     import time
 
@@ -179,13 +186,13 @@ def _encode_concept(spec, pipe, photos, class_noun, tokens, cfg, out, model, bas
             progress(1, 1)
         training = {"first_step": 0, "steps": 0, "train_seconds": round(seconds, 3), "final_loss": None}
         meta = _concept_meta(spec.name, model, base_hash, tokens, class_noun, [class_noun], size, cfg, saved,
-                             training)
+                             training, family)
         (staged / CONCEPT_FILE).write_text(json.dumps(meta, indent=1))
     return out
 
 
 _NOT_TRAJECTORY = {"steps", "checkpoint_every", "keep_checkpoints", "validate_every", "validation_images",
-                   "validation_steps", "validation_prompt", "keep_training_state", "save_every"}
+                   "validation_steps", "validation_prompt", "keep_training_state", "save_every", "cache"}
 #: the folder of a concept (and of its run's work folder) that holds its snapshots (TrainConfig.save_every)
 SNAPSHOTS = "snapshots"
 #: options added after checkpoints existed, with their defaults: left out of the run id while at them, so a
@@ -236,6 +243,13 @@ def apply_concepts(pipe, concept_dirs, weights=None) -> object:
 
 def check_base_model(pipe, folder: Path, meta: dict) -> None:
     """InputError unless the concept at `folder` (its concept.json `meta`) was made for `pipe`'s base model."""
+    from ..families import family_named, family_of
+
+    fam, made_for = family_of(pipe), meta.get("family", "sd")  # concepts before SDXL support are all SD
+    if made_for != fam.name:
+        raise InputError(f"--concept {folder} was made for a {family_named(made_for).label} base model "
+                         f"({meta.get('base_model')!r}); this pipeline is {fam.label}: concepts do not carry over "
+                         "between families (train it again on this base model)")
     have = pipeline_model_hash(pipe)
     if meta.get("model_hash") != have:
         raise InputError(

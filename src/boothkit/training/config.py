@@ -73,6 +73,11 @@ class TrainConfig(DictConfig):
     crop: str = "center"
     mixed_precision: str = "auto"  #: auto (bf16/fp16 on GPU, none on CPU), no, fp16, bf16
     gradient_checkpointing: bool = False  #: trade compute for memory in the UNet (and trained text encoder)
+    #: compute each photo's VAE latents (per flip) once, and each prompt's text conditioning once while no text
+    #: encoder trains (kohya's cache_latents; diffusers' SDXL scripts precompute embeddings). Same draws, same
+    #: weights up to float rounding; photos drawn as random windows or resized (crop=random, Custom Diffusion's
+    #: random_resize) are encoded at each draw
+    cache: bool = True
     #: adamw, or prodigy (Mishchenko & Defazio 2023: estimates its own step size; `lr` multiplies it, 1.0 is
     #: usual; diffusers' advanced scripts' settings: bias correction, safeguard warm-up, decoupled weight decay)
     optimizer: str = "adamw"

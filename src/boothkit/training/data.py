@@ -32,6 +32,24 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
 
 
 @dataclass
+class Draw:
+    """Images drawn from an ImageSet, with what the loss needs besides their pixels."""
+
+    source: "ImageSet"
+    index: list[int]  #: which images of the set
+    flipped: list[bool]  #: whether each was flipped left-right
+    pixels: torch.Tensor  #: [n, 3, S, S] in [-1, 1]
+    prompts: list[str]  #: each image's caption, or the set's prompt
+    micro: torch.Tensor  #: [n, 6] SDXL's micro-conditioning: original (h, w), crop (top, left), target (h, w)
+    #: the pixels are a fixed function of (image, flip): a centre crop, not a random window or a resize
+    cacheable: bool = True
+
+    def resized(self) -> "Draw":
+        """The same draw after a resize augmentation (Custom Diffusion's): no longer a fixed image."""
+        return Draw(self.source, self.index, self.flipped, self.pixels, self.prompts, self.micro, cacheable=False)
+
+
+@dataclass
 class ImageSet:
     """Square training images of one concept (subject photos, or class/regularisation images) and their prompt
     (one for all, as DreamBooth trains), or one caption per image (`captions`, kohya's caption files)."""
@@ -42,6 +60,7 @@ class ImageSet:
     #: crop="random": each image with its short side resized to S ([3, S, L] or [3, L, S]); draws take a random
     #: S x S window of it instead of the centre square
     originals: list[torch.Tensor] | None = None
+    sizes: list[tuple[int, int]] | None = None  #: each image's original (height, width) (default: S x S)
 
     @classmethod
     def from_images(cls, images: list[Image.Image], size: int, prompt: str,
@@ -53,7 +72,8 @@ class ImageSet:
         originals = None
         if crop == "random" and any(im.width != im.height for im in images):
             originals = [to_tensor([short_side(im, size)])[0] for im in images]
-        return cls(to_tensor([center_square(im, size) for im in images]), prompt, captions, originals)
+        return cls(to_tensor([center_square(im, size) for im in images]), prompt, captions, originals,
+                   [(im.height, im.width) for im in images])
 
     def __len__(self) -> int:
         return self.pixels.shape[0]
@@ -66,21 +86,45 @@ class ImageSet:
 
     def sample(self, n: int, g: torch.Generator, flip: bool = True) -> torch.Tensor:
         """n images drawn with replacement, each flipped left-right with p = 0.5 -> [n, 3, S, S]."""
-        return self.sample_with_prompts(n, g, flip)[0]
+        return self.draw(n, g, flip).pixels
 
     def sample_with_prompts(self, n: int, g: torch.Generator, flip: bool = True) -> tuple[torch.Tensor, list[str]]:
         """As `sample` (the same draws), with each drawn image's prompt: its caption, or the shared prompt."""
+        d = self.draw(n, g, flip)
+        return d.pixels, d.prompts
+
+    def draw(self, n: int, g: torch.Generator, flip: bool = True) -> Draw:
+        """n images drawn with replacement, each flipped left-right with p = 0.5, with their prompts and SDXL
+        micro-conditioning (what diffusers' SDXL scripts compute per photo: its original size, the crop's top-left
+        in the photo resized to the short side, the target size; a flip mirrors the crop's left edge)."""
         idx = torch.randint(0, len(self), (n,), generator=g)
         x = self.pixels[idx].clone()
+        size = x.shape[-1]
         f = torch.rand(n, generator=g) < 0.5 if flip else None
+        crops = [self._centre_crop(i, size) for i in idx.tolist()]
         if self.originals is not None:  # drawn after the flips: centre-crop runs keep their exact draws
             where = torch.rand(n, generator=g)
             for j, (i, u) in enumerate(zip(idx.tolist(), where.tolist())):
-                x[j] = random_window(self.originals[i], x.shape[-1], u)
+                x[j] = random_window(self.originals[i], size, u)
+                h, w = self.originals[i].shape[-2:]
+                crops[j] = (int(u * (h - size + 1)), int(u * (w - size + 1)), h, w)
+        flipped = f.tolist() if f is not None else [False] * n
         if f is not None:
             x[f] = x[f].flip(-1)
         prompts = [self.captions[i] for i in idx.tolist()] if self.captions is not None else [self.prompt] * n
-        return x, prompts
+        micro = []
+        for i, (top, left, rh, rw), fl in zip(idx.tolist(), crops, flipped):
+            oh, ow = self.sizes[i] if self.sizes else (size, size)
+            micro.append([oh, ow, top, rw - size - left if fl else left, size, size])
+        return Draw(self, idx.tolist(), flipped, x, prompts, torch.tensor(micro, dtype=torch.float32),
+                    cacheable=self.originals is None)
+
+    def _centre_crop(self, i: int, size: int) -> tuple[int, int, int, int]:
+        """(top, left, resized h, resized w) of image i's centre square in the photo resized to the short side."""
+        oh, ow = self.sizes[i] if self.sizes else (size, size)
+        scale = size / min(oh, ow)
+        rh, rw = max(size, round(oh * scale)), max(size, round(ow * scale))
+        return (rh - size) // 2, (rw - size) // 2, rh, rw
 
 
 def short_side(im: Image.Image, size: int) -> Image.Image:

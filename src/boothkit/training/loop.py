@@ -230,14 +230,15 @@ def train(recipe, cfg, work_dir: str | Path, *, resume: bool = False, run_info: 
 
 
 def _place(recipe, device, accelerator) -> None:
-    """Frozen modules go to the device (and to the half-precision type in mixed precision); trained ones stay fp32."""
+    """Frozen modules go to the device (the VAE in the half-precision type in mixed precision, unless the family
+    needs it in fp32, as SDXL's); trained ones stay fp32."""
     half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision)
-    for name in ("unet", "text_encoder", "vae"):
-        m = getattr(recipe, name)
-        if name in recipe.train_modules or half is None or name != "vae":
-            m.to(device)
-        else:
+    for name, m in recipe.components().items():
+        if name == "vae" and name not in recipe.train_modules and half is not None \
+                and not recipe.family.vae_fp32(recipe.pipe):
             m.to(device, dtype=half)
+        else:
+            m.to(device)
 
 
 @torch.no_grad()
@@ -249,9 +250,10 @@ def validate(recipe, cfg, folder: Path, step: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     prompt = cfg.validation_prompt or recipe.display_prompt
     pipe = recipe.pipe
-    was = {n: getattr(recipe, n).training for n in ("unet", "text_encoder")}
-    pipe.unet.eval()
-    pipe.text_encoder.eval()
+    models = {n: m for n, m in recipe.components().items() if n != "vae"}
+    was = {n: m.training for n, m in models.items()}
+    for m in models.values():
+        m.eval()
     vae_dtype = pipe.vae.dtype
     if vae_dtype != torch.float32:
         pipe.vae.to(torch.float32)
@@ -262,7 +264,7 @@ def validate(recipe, cfg, folder: Path, step: int) -> Path:
         if vae_dtype != torch.float32:
             pipe.vae.to(vae_dtype)
         for n, tr in was.items():
-            getattr(recipe, n).train(tr)
+            models[n].train(tr)
     path = folder / f"step-{step:05d}.png"
     grid(images, cols=min(4, len(images))).save(path)
     (folder / f"step-{step:05d}.txt").write_text(prompt + "\n")

@@ -20,7 +20,7 @@ def training_scheduler(pipe_or_config):
 
 def denoising_loss(unet, scheduler, latents: torch.Tensor, encoder_hidden_states: torch.Tensor,
                    generator: torch.Generator, mask: torch.Tensor | None = None, *, snr_gamma: float = 0.0,
-                   noise_offset: float = 0.0) -> torch.Tensor:
+                   noise_offset: float = 0.0, unet_kwargs: dict | None = None) -> torch.Tensor:
     """Per-example simplified diffusion loss, Ho et al. 2020 (arXiv 2006.11239) Algorithm 1 / eq. 14.
 
     This is the L_simple objective that DreamBooth (Ruiz et al. 2022, eq. 1), Textual Inversion (Gal et al. 2022,
@@ -44,6 +44,8 @@ def denoising_loss(unet, scheduler, latents: torch.Tensor, encoder_hidden_states
           masked loss); soft weights give a weighted mean (InstantBooth's object-weighted pretraining loss)
     snr_gamma: gamma of Min-SNR-gamma (0 = off; the paper uses 5)
     noise_offset: scale of the offset noise (0 = off; Guttenberg uses 0.1)
+    unet_kwargs: what else the UNet reads (the family's: SDXL's added_cond_kwargs with the pooled text embedding
+          and the time ids)
     -> [B] loss per example (mean over the counted elements, weighted by the mask, times the Min-SNR weight)
     """
     b = latents.shape[0]
@@ -56,7 +58,7 @@ def denoising_loss(unet, scheduler, latents: torch.Tensor, encoder_hidden_states
     # 2. forward process: x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps
     noisy = scheduler.add_noise(latents, noise, t)
     # 3. the network's prediction
-    pred = unet(noisy, t, encoder_hidden_states).sample  # [B, C, h, w]
+    pred = unet(noisy, t, encoder_hidden_states, **(unet_kwargs or {})).sample  # [B, C, h, w]
     # 4. the target, by what the network predicts
     kind = scheduler.config.prediction_type
     if kind == "epsilon":

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import ImageSet, random_resize, with_size_word
+from ..families import TextConditioning
+from .data import Draw, ImageSet, random_resize, with_size_word
 from .loss import denoising_loss, training_scheduler
 
 
@@ -31,21 +32,37 @@ class Recipe:
     random_resize: bool = False  #: Custom Diffusion's resize augmentation with size words and masked loss
 
     def __init__(self, pipe, cfg, subjects: list[Subject]):
+        from ..families import family_of
+
         self.pipe, self.cfg, self.subjects = pipe, cfg, subjects
+        self.family = family_of(pipe)
         self.prior_weight = float(getattr(cfg, "prior_weight", 1.0))
         self._wrapped: dict = {}
         #: the prompt as a user writes it (setup may rewrite the training prompts, e.g. multi-vector TI)
         self.display_prompt = subjects[0].images.prompt if subjects else ""
         self.unet = self.pipe.unet
-        self.text_encoder = self.pipe.text_encoder
         self.vae = self.pipe.vae
-        self.tokenizer = self.pipe.tokenizer
+        #: the family's text encoders and tokenizers by their pipeline names (text_encoder, text_encoder_2, ...), so
+        #: train_modules can name any of them; `text_encoder` / `tokenizer` are the first slot's
+        for slot in self.family.slots:
+            setattr(self, slot.encoder, getattr(pipe, slot.encoder))
+            setattr(self, slot.tokenizer, getattr(pipe, slot.tokenizer))
         self.noise_scheduler = training_scheduler(self.pipe)
-        for m in (self.unet, self.text_encoder, self.vae):
+        #: cfg.cache (issue 18): each photo's VAE posterior (per flip) and, while no text encoder trains, each
+        #: prompt's conditioning are computed once and reused; the draws of the random stream are unchanged
+        self._latent_cache: dict = {}
+        self._text_cache: dict = {}
+        for m in self.components().values():
             m.requires_grad_(False)
         with torch.random.fork_rng(devices=[]):  # new weights (LoRA A...) are a function of the seed alone
             torch.manual_seed(int(getattr(cfg, "seed", 0)))
             self.setup()
+
+    def components(self) -> dict[str, torch.nn.Module]:
+        """Every model of the pipeline that training touches, by name (the loop places the frozen ones)."""
+        out = {"unet": self.unet, "vae": self.vae}
+        out.update({s.encoder: getattr(self, s.encoder) for s in self.family.slots})
+        return out
 
     # --- what a method defines ------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -78,30 +95,63 @@ class Recipe:
 
     @property
     def text_trains(self) -> bool:
-        return "text_encoder" in self.train_modules
+        return any(s.encoder in self.train_modules for s in self.family.slots)
 
-    def prompt_ids(self, prompts: list[str]) -> torch.Tensor:
-        """[B] prompts -> [B, L] token ids, padded to the tokenizer's length, on the UNet's device."""
-        tok = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt")
-        return tok.input_ids.to(self.unet.device)
+    @property
+    def caching(self) -> bool:
+        return bool(getattr(self.cfg, "cache", True))
 
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """[B] prompts -> [B, L, D] text encoder hidden states."""
-        ids = self.prompt_ids(prompts)
+    def encode_prompts(self, prompts: list[str]) -> TextConditioning:
+        """[B] prompts -> their conditioning (hidden [B, L, D], and SDXL's pooled [B, P]).
+
+        With a trained text encoder: through the (wrapped) encoders, with gradients. Frozen: without gradients, each
+        distinct prompt once (cached across steps when cfg.cache), gathered into the batch.
+        """
+        encoders = [self.module(s.encoder) for s in self.family.slots]
         if self.text_trains:
-            return self.module("text_encoder")(ids)[0]
-        with torch.no_grad():
-            return self.text_encoder(ids)[0]
+            return self.family.encode_prompts(self.pipe, prompts, encoders)
+        todo = list(dict.fromkeys(p for p in prompts if p not in self._text_cache))
+        if todo:
+            with torch.no_grad():
+                cond = self.family.encode_prompts(self.pipe, todo, encoders)
+            rows = {p: cond.rows(slice(i, i + 1)) for i, p in enumerate(todo)}
+            if not self.caching:
+                return TextConditioning.cat([rows[p] for p in prompts])
+            self._text_cache.update(rows)
+        return TextConditioning.cat([self._text_cache[p] for p in prompts])
 
     @torch.no_grad()
     def encode_images(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """[B, 3, S, S] in [-1, 1] -> [B, 4, S/8, S/8] scaled latents (a sample of the VAE posterior)."""
-        x = x.to(self.vae.device, self.vae.dtype)
-        dist = self.vae.encode(x).latent_dist
-        eps = torch.randn(dist.mean.shape, generator=g, dtype=torch.float32).to(dist.mean.device, dist.mean.dtype)
-        z = dist.mean + dist.std * eps
-        return (z * self.vae.config.scaling_factor).float()
+        mean, std = self._posterior(x)
+        return self._sample_latents(mean, std, g)
+
+    @torch.no_grad()
+    def _posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 3, S, S] -> the VAE posterior's mean and std, [B, 4, h, w] each."""
+        dist = self.vae.encode(x.to(self.vae.device, self.vae.dtype)).latent_dist
+        return dist.mean, dist.std
+
+    def _sample_latents(self, mean: torch.Tensor, std: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        eps = torch.randn(mean.shape, generator=g, dtype=torch.float32).to(mean.device, mean.dtype)
+        return ((mean + std * eps) * self.vae.config.scaling_factor).float()
+
+    @torch.no_grad()
+    def draw_latents(self, draws: list[Draw], x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Latents of drawn images (x: their pixels, as drawn). Cached per (image set, image, flip) when the draw
+        is a fixed image (centre crop, no resize augmentation): the VAE then runs once per photo and flip, and the
+        noise eps is drawn exactly as without the cache (same shape, same point of the random stream)."""
+        if not (self.caching and all(d.cacheable for d in draws)):
+            return self.encode_images(x, g)
+        keys = [(id(d.source), i, fl) for d in draws for i, fl in zip(d.index, d.flipped)]
+        missing = [k for k in dict.fromkeys(keys) if k not in self._latent_cache]
+        if missing:  # each missing key once, from its first draw's pixels
+            mean, std = self._posterior(torch.stack([x[keys.index(k)] for k in missing]))
+            for j, k in enumerate(missing):
+                self._latent_cache[k] = (mean[j:j + 1], std[j:j + 1])
+        mean = torch.cat([self._latent_cache[k][0] for k in keys])
+        std = torch.cat([self._latent_cache[k][1] for k in keys])
+        return self._sample_latents(mean, std, g)
 
     def loss(self, g: torch.Generator) -> torch.Tensor:
         """One micro-batch: subject images (+ the same number of prior images) -> scalar loss.
@@ -109,37 +159,35 @@ class Recipe:
         With several subjects (Custom Diffusion joint training) each example picks its subject at random.
         DreamBooth's prior preservation (Ruiz et al. 2022, eq. 2) and Custom Diffusion's regularisation set add
         `prior_weight * L_simple(prior images)` to the subject term. cfg.snr_gamma and cfg.noise_offset (Min-SNR
-        weighting, offset noise: see denoising_loss) apply to both terms.
+        weighting, offset noise: see denoising_loss) apply to both terms. The family adds what its UNet reads
+        besides the text (SDXL: the pooled embedding and each image's size/crop micro-conditioning).
         """
         b = self.cfg.batch_size
         which = torch.randint(0, len(self.subjects), (b,), generator=g).tolist()
-        pix, prompts = [], []
-        for s_i in which:
-            s = self.subjects[s_i]
-            x_i, p_i = s.images.sample_with_prompts(1, g, flip=self.cfg.flip)  # p_i: its caption, or the prompt
-            pix.append(x_i)
-            prompts.extend(p_i)
-        x = torch.cat(pix)  # [b, 3, S, S]
+        draws = [self.subjects[s_i].images.draw(1, g, flip=self.cfg.flip) for s_i in which]
+        x = torch.cat([d.pixels for d in draws])  # [b, 3, S, S]
+        prompts = [p for d in draws for p in d.prompts]  # each drawn image's caption, or the prompt
         mask = None
         if self.random_resize:
             factor = int(self.pipe.vae_scale_factor)
             x, mask, words = random_resize(x, g, latent_factor=factor)
             prompts = [with_size_word(p, w) for p, w in zip(prompts, words)]
-        prior_x, prior_prompts = [], []
-        for s_i in which:
-            s = self.subjects[s_i]
-            if s.prior is not None:
-                prior_x.append(s.prior.sample(1, g, flip=self.cfg.flip))
-                prior_prompts.append(s.prior.prompt)
-        latents = self.encode_images(torch.cat([x] + prior_x), g)  # [b + p, 4, h, w]
-        cond = self.encode_prompts(prompts + prior_prompts)  # [b + p, L, D]
-        if mask is not None and prior_x:
-            mask = torch.cat([mask, torch.ones(len(prior_x), *mask.shape[1:])])
+            draws = [d.resized() for d in draws]
+        prior = [self.subjects[s_i].prior.draw(1, g, flip=self.cfg.flip) for s_i in which
+                 if self.subjects[s_i].prior is not None]
+        prior_prompts = [self.subjects[s_i].prior.prompt for s_i in which if self.subjects[s_i].prior is not None]
+        every = draws + prior
+        latents = self.draw_latents(every, torch.cat([x] + [d.pixels for d in prior]), g)  # [b + p, 4, h, w]
+        text = self.encode_prompts(prompts + prior_prompts)  # hidden [b + p, L, D]
+        if mask is not None and prior:
+            mask = torch.cat([mask, torch.ones(len(prior), *mask.shape[1:])])
         if mask is not None:
             mask = mask.to(latents.device)
-        per_example = denoising_loss(self.module("unet"), self.noise_scheduler, latents, cond, g, mask=mask,
-                                     snr_gamma=self.cfg.snr_gamma, noise_offset=self.cfg.noise_offset)
+        micro = torch.cat([d.micro for d in every])  # [b + p, 6]
+        per_example = denoising_loss(self.module("unet"), self.noise_scheduler, latents, text.hidden, g, mask=mask,
+                                     snr_gamma=self.cfg.snr_gamma, noise_offset=self.cfg.noise_offset,
+                                     unet_kwargs=self.family.unet_kwargs(text, micro))
         loss = per_example[:b].mean()
-        if prior_x:
+        if prior:
             loss = loss + self.prior_weight * per_example[b:].mean()
         return loss

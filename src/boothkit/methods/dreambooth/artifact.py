@@ -1,6 +1,7 @@
 """Full DreamBooth artifact: the concept folder is a complete diffusers pipeline folder (plus concept.json).
 
-`StableDiffusionPipeline.from_pretrained(concept_dir)` loads it directly; boothkit's loader swaps the fine-tuned
+The base model's pipeline class (`StableDiffusionPipeline`, `StableDiffusionXLPipeline`) `.from_pretrained(concept_dir)`
+loads it directly; boothkit's loader swaps the fine-tuned
 UNet (and text encoder, when trained) into an already loaded base pipeline.
 """
 
@@ -16,7 +17,8 @@ def save(recipe, folder: Path) -> dict:
 
 
 def module_state(folder: Path, name: str) -> dict:
-    """The fine-tuned weights of one pipeline module (unet, text_encoder): every safetensors file of its folder."""
+    """The fine-tuned weights of one pipeline module (unet, text_encoder, text_encoder_2): every safetensors file of
+    its folder."""
     from safetensors.torch import load_file
 
     state = {}

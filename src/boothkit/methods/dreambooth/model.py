@@ -9,9 +9,10 @@ class DreamBoothRecipe(Recipe):
     def setup(self) -> None:
         self.unet.requires_grad_(True)
         modules = ["unet"]
-        if self.cfg.train_text_encoder:
-            self.text_encoder.requires_grad_(True)
-            modules.append("text_encoder")
+        if self.cfg.train_text_encoder:  # every text encoder of the family (SDXL: both)
+            for slot in self.family.slots:
+                getattr(self, slot.encoder).requires_grad_(True)
+                modules.append(slot.encoder)
         self.train_modules = tuple(modules)
 
     def state_tensors(self):

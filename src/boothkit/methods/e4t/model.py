@@ -85,15 +85,15 @@ class E4TRecipe(Recipe):
         return [{"params": list(self.offsets.values()), "lr_scale": 1.0},
                 {"params": head, "lr_scale": self.cfg.lr_encoder / self.cfg.lr}]
 
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """The frozen text encoder, run WITH gradients: they flow back to the injected word only.
+    def encode_prompts(self, prompts: list[str]):
+        """The frozen text encoder(s), run WITH gradients: they flow back to the injected word only.
 
         Each distinct prompt is encoded once and gathered into the batch (a tuning batch is 16 copies of one
         caption): the same values and the same gradient (the gather's backward sums the rows), at 1/16 of the cost.
         """
         row = {p: i for i, p in enumerate(dict.fromkeys(prompts))}  # distinct prompts, in first-seen order
-        hidden = self.text_encoder(self.prompt_ids(list(row)))[0]  # [U, L, D]
-        return hidden.index_select(0, torch.tensor([row[p] for p in prompts], device=hidden.device))
+        cond = self.family.encode_prompts(self.pipe, list(row))  # hidden [U, L, D]
+        return cond.rows(torch.tensor([row[p] for p in prompts], device=cond.hidden.device))
 
     def loss(self, g: torch.Generator) -> torch.Tensor:
         """Denoising loss on the photo(s) + reg_embedding ||s E(x)||^2 + reg_weights sum ||Delta W||^2 (§3.3)."""

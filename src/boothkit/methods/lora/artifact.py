@@ -8,21 +8,25 @@ WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
 def save(recipe, folder: Path) -> dict:
-    from diffusers import StableDiffusionPipeline
+    """The UNet's adapter and each trained text encoder's, through the family's save_lora_weights (SD: one text
+    encoder, SDXL: text_encoder and text_encoder_2), with each adapter's config in the file's metadata."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(recipe.unet))
-    # the adapter config (rank, alpha -> scale) goes into the file's metadata, where load_lora_weights reads it
-    unet_meta = recipe.unet.peft_config["default"].to_dict()
-    text_layers = text_meta = None
-    if "text_encoder" in recipe.train_modules:
-        text_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(recipe.text_encoder))
-        text_meta = recipe.text_encoder.peft_config["default"].to_dict()
-    StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=unet_layers,
-                                              text_encoder_lora_layers=text_layers, weight_name=WEIGHTS,
-                                              safe_serialization=True, unet_lora_adapter_metadata=unet_meta,
-                                              text_encoder_lora_adapter_metadata=text_meta)
+    def layers_and_meta(module):
+        return (convert_state_dict_to_diffusers(get_peft_model_state_dict(module)),
+                module.peft_config["default"].to_dict())  # rank, alpha -> scale: read back by load_lora_weights
+
+    unet_layers, unet_meta = layers_and_meta(recipe.unet)
+    text = {}
+    for slot in recipe.family.slots:
+        if slot.encoder in recipe.train_modules:
+            layers, meta = layers_and_meta(getattr(recipe, slot.encoder))
+            text[slot.lora_layers_kwarg] = layers
+            text[slot.lora_layers_kwarg.replace("_lora_layers", "_lora_adapter_metadata")] = meta
+    recipe.family.lora_writer().save_lora_weights(str(folder), unet_lora_layers=unet_layers, weight_name=WEIGHTS,
+                                                  safe_serialization=True, unet_lora_adapter_metadata=unet_meta,
+                                                  **text)
     return {"files": [WEIGHTS], "lora": {"rank": recipe.cfg.rank, "alpha": recipe.cfg.alpha}}
 
 

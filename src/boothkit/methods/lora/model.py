@@ -19,11 +19,12 @@ class LoraRecipe(Recipe):
         self.unet.add_adapter(PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
                                              target_modules=list(UNET_TARGETS)))
         modules = ["unet"]
-        if cfg.train_text_encoder:
-            self.text_encoder.add_adapter(PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha,
-                                                         init_lora_weights="gaussian",
-                                                         target_modules=list(TEXT_TARGETS)))
-            modules.append("text_encoder")
+        if cfg.train_text_encoder:  # every text encoder of the family (SDXL: both)
+            for slot in self.family.slots:
+                getattr(self, slot.encoder).add_adapter(PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha,
+                                                                       init_lora_weights="gaussian",
+                                                                       target_modules=list(TEXT_TARGETS)))
+                modules.append(slot.encoder)
         self.train_modules = tuple(modules)
 
     def _named(self):

@@ -1,0 +1,50 @@
+"""Stable Diffusion XL (Podell et al. 2023, arXiv 2307.01952): two text encoders and micro-conditioning.
+
+Conditioning, as diffusers' StableDiffusionXLPipeline.encode_prompt and its SDXL training scripts compute it:
+- the context is the PENULTIMATE hidden state of both CLIP text encoders (CLIP ViT-L 768 + OpenCLIP bigG 1280 on
+  SDXL base), concatenated along the width: [B, 77, 2048];
+- the pooled embedding is text_encoder_2's projected EOS embedding (`text_embeds`, [B, 1280]);
+- the UNet also reads `time_ids` = (original h, w, crop top, left, target h, w) per image (§2.2 of the paper),
+  embedded with the pooled text (`addition_embed_type="text_time"`);
+- the VAE overflows in fp16 (its config sets force_upcast): it runs in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Family, TextConditioning, TextEncoderSlot, _device
+
+
+class StableDiffusionXL(Family):
+    name = "sdxl"
+    label = "Stable Diffusion XL"
+    pipeline_classes = ("StableDiffusionXLPipeline",)
+    slots = (
+        TextEncoderSlot(encoder="text_encoder", tokenizer="tokenizer", ti_weights="learned_embeds.safetensors",
+                        a1111_key="clip_l", kohya_prefix="lora_te1", lora_layers_kwarg="text_encoder_lora_layers"),
+        TextEncoderSlot(encoder="text_encoder_2", tokenizer="tokenizer_2", ti_weights="learned_embeds_2.safetensors",
+                        a1111_key="clip_g", kohya_prefix="lora_te2", lora_layers_kwarg="text_encoder_2_lora_layers"),
+    )
+
+    def vae_fp32(self, pipe) -> bool:
+        return bool(getattr(pipe.vae.config, "force_upcast", True))
+
+    def encode_ids(self, ids: list[torch.Tensor], encoders: list) -> TextConditioning:
+        hidden, pooled = [], None
+        for enc, i in zip(encoders, ids):
+            out = enc(i.to(_device(enc)), output_hidden_states=True)
+            if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds [B, P]; the last one wins, as diffusers
+                pooled = out[0]
+            hidden.append(out.hidden_states[-2])  # [B, L, D_i]: the penultimate layer
+        return TextConditioning(torch.cat(hidden, dim=-1), pooled)
+
+    def unet_kwargs(self, text: TextConditioning, micro: torch.Tensor | None) -> dict:
+        if text.pooled is None or micro is None:
+            raise ValueError("SDXL's UNet needs the pooled text embedding and the micro-conditioning (time_ids)")
+        pooled = text.pooled
+        return {"added_cond_kwargs": {"text_embeds": pooled,
+                                      "time_ids": micro.to(pooled.device, pooled.dtype)}}  # [B, 6]
+
+    def pipe_embeds(self, text: TextConditioning) -> dict:
+        return {"prompt_embeds": text.hidden, "pooled_prompt_embeds": text.pooled}

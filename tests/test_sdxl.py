@@ -1,0 +1,132 @@
+"""SDXL as a base-model family: loading, conditioning as diffusers computes it, the shared training core, and the
+LoRA and full DreamBooth methods on a tiny random SDXL pipeline (tests/conftest.py: build_tiny_sdxl_pipeline)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from boothkit.families import family_of
+from boothkit.inputs import InputError
+from boothkit.methods import apply_concepts, tune
+from boothkit.pipeline import load_pipeline
+
+from conftest import FAST, max_pixel_diff, plain_sdxl, sample, validation_image
+
+
+def test_family_is_read_from_model_index_and_conditioning_matches_the_pipeline(tiny_sdxl, tiny_model):
+    from boothkit.pipeline import model_family
+
+    assert model_family(tiny_sdxl).name == "sdxl" and model_family(tiny_model).name == "sd"
+    pipe = load_pipeline(tiny_sdxl, device="cpu", dtype="fp32", progress=False)
+    fam = family_of(pipe)
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline" and fam.name == "sdxl"
+    assert fam.default_resolution(pipe) == 64 and fam.context_dim(pipe) == 64 and fam.text_width(pipe) == 64
+    assert fam.vae_fp32(pipe)  # SDXL's VAE overflows in fp16
+    with torch.no_grad():
+        ours = fam.encode_prompts(pipe, ["a photo of sks dog", "a cat"])
+        pe, _, pooled, _ = pipe.encode_prompt("a cat", do_classifier_free_guidance=False)
+    assert ours.hidden.shape == (2, 77, 64) and ours.pooled.shape == (2, 32)
+    assert torch.allclose(ours.hidden[1:], pe, atol=1e-6) and torch.allclose(ours.pooled[1:], pooled, atol=1e-6)
+    kwargs = fam.unet_kwargs(ours, torch.tensor([[96.0, 128, 0, 16, 64, 64]] * 2))
+    assert kwargs["added_cond_kwargs"]["time_ids"].shape == (2, 6)
+    with pytest.raises(ValueError, match="micro-conditioning"):
+        fam.unet_kwargs(ours, None)
+
+
+def test_an_unsupported_pipeline_class_is_refused_before_loading(tmp_path):
+    from boothkit.pipeline import ModelNotFoundError
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(ModelNotFoundError, match="FluxPipeline; boothkit works with StableDiffusionPipeline"):
+        load_pipeline(str(tmp_path))
+
+
+def test_micro_conditioning_follows_each_photo_and_its_crop():
+    """SDXL's time ids per drawn image: the photo's original size, the crop's top-left in the photo resized to the
+    short side (centre crop; a random window; mirrored by a flip), the target size."""
+    from PIL import Image
+
+    from boothkit.training.data import ImageSet
+
+    wide, tall = Image.new("RGB", (200, 100), "red"), Image.new("RGB", (64, 128), "blue")
+    s = ImageSet.from_images([wide, tall], 64, "p")
+    g = torch.Generator().manual_seed(0)
+    d = s.draw(8, g, flip=False)
+    for i, m in zip(d.index, d.micro.tolist()):
+        assert m == ([100, 200, 0, 32, 64, 64] if i == 0 else [128, 64, 32, 0, 64, 64])  # 128 wide: (128-64)/2
+    r = ImageSet.from_images([wide], 64, "p", crop="random")
+    for seed in range(4):
+        d = r.draw(1, torch.Generator().manual_seed(seed), flip=True)
+        top, left = d.micro[0, 2:4].tolist()
+        assert top == 0 and 0 <= left <= 128 and not d.cacheable
+        unflipped = r.draw(1, torch.Generator().manual_seed(seed), flip=False)
+        assert torch.equal(unflipped.pixels, d.pixels.flip(-1) if d.flipped[0] else d.pixels)
+
+
+@pytest.fixture(scope="module")
+def sdxl_lora(tmp_path_factory, tiny_sdxl, subject_photos):
+    out = tmp_path_factory.mktemp("sdxl-lora") / "rat"
+    return tune("lora", subject_photos, "animal", out, model=tiny_sdxl, steps=3,
+                config={**FAST, "rank": 4, "train_text_encoder": True})
+
+
+def test_lora_on_sdxl_loads_with_the_stock_loader_and_draws_the_trained_model(sdxl_lora, tiny_sdxl):
+    from safetensors.torch import load_file
+
+    meta = json.loads((sdxl_lora / "concept.json").read_text())
+    assert meta["family"] == "sdxl" and meta["resolution"] == 64
+    keys = load_file(str(sdxl_lora / "pytorch_lora_weights.safetensors")).keys()
+    assert {k.split(".")[0] for k in keys} == {"unet", "text_encoder", "text_encoder_2"}
+    pipe = plain_sdxl(tiny_sdxl)
+    pipe.load_lora_weights(str(sdxl_lora), weight_name="pytorch_lora_weights.safetensors")
+    stock = sample(pipe, "a photo of sks animal")
+    assert max_pixel_diff(stock, validation_image(sdxl_lora)) <= 1
+    ours = apply_concepts(load_pipeline(tiny_sdxl, device="cpu", dtype="fp32", progress=False), [sdxl_lora])
+    ours.set_progress_bar_config(disable=True)
+    assert max_pixel_diff(sample(ours, "a photo of sks animal"), stock) == 0
+    assert max_pixel_diff(sample(plain_sdxl(tiny_sdxl), "a photo of sks animal"), stock) > 0
+
+
+def test_full_dreambooth_on_sdxl_with_prior_preservation(tmp_path, tiny_sdxl, subject_photos):
+    from diffusers import StableDiffusionXLPipeline
+
+    out = tune("dreambooth", subject_photos, "animal", tmp_path / "db", model=tiny_sdxl, steps=2,
+               config={**FAST, "num_class_images": 2, "class_sample_steps": 2, "train_text_encoder": True})
+    meta = json.loads((out / "concept.json").read_text())
+    assert meta["trained_modules"] == ["unet", "text_encoder", "text_encoder_2"]
+    stock = StableDiffusionXLPipeline.from_pretrained(str(out))  # the concept is a pipeline folder
+    stock.set_progress_bar_config(disable=True)
+    assert max_pixel_diff(sample(stock, "a photo of sks animal"), validation_image(out)) <= 1
+    ours = apply_concepts(load_pipeline(tiny_sdxl, device="cpu", dtype="fp32", progress=False), [out])
+    ours.set_progress_bar_config(disable=True)
+    assert max_pixel_diff(sample(ours, "a photo of sks animal"), validation_image(out)) <= 1
+
+
+def test_a_concept_does_not_carry_over_between_families(sdxl_lora, tiny_sdxl, tiny_model, tmp_path,
+                                                        subject_photos):
+    sd_concept = tune("lora", subject_photos, "animal", tmp_path / "sd", model=tiny_model, steps=1,
+                      config={**FAST, "validation_images": 0})
+    with pytest.raises(InputError, match="made for a Stable Diffusion 1.x/2.x base model.*this pipeline is "
+                                         "Stable Diffusion XL"):
+        apply_concepts(load_pipeline(tiny_sdxl, device="cpu", dtype="fp32", progress=False), [sd_concept])
+    with pytest.raises(InputError, match="made for a Stable Diffusion XL base model"):
+        apply_concepts(load_pipeline(tiny_model, device="cpu", dtype="fp32", progress=False), [sdxl_lora])
+
+
+def test_real_photos_train_on_sdxl_with_random_crops(tmp_path, tiny_sdxl, real_photos):
+    """Real, non-square photos (DreamBench's dog, cut to 3:2 and 2:3): random square windows and their
+    micro-conditioning reach the UNet."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, f in enumerate(sorted((real_photos / "dog").glob("*.jpg"))):
+        with Image.open(f) as im:
+            box = (0, 32, 192, 160) if i % 2 else (32, 0, 160, 192)
+            im.crop(box).save(photos / f.name)
+    out = tune("lora", photos, "dog", tmp_path / "dog", model=tiny_sdxl, steps=2,
+               config={**FAST, "crop": "random", "validation_images": 0})
+    assert json.loads((out / "concept.json").read_text())["training"]["steps"] == 2
