@@ -153,7 +153,7 @@ def save(recipe, folder: Path) -> dict:
     save_file({token: word}, str(Path(folder) / ti_artifact.WEIGHTS))
     enc = recipe.encoder.cfg
     # the LoRA writer reads unet, train_modules and cfg.rank / cfg.alpha; the offsets' shape is the encoder's
-    lora = lora_artifact.save(SimpleNamespace(unet=recipe.unet, train_modules=("unet",),
+    lora = lora_artifact.save(SimpleNamespace(unet=recipe.unet, train_modules=("unet",), family=recipe.family,
                                               cfg=SimpleNamespace(rank=enc.rank, alpha=enc.alpha)), folder)
     return {"files": [ti_artifact.WEIGHTS, *lora["files"]], "lora": lora["lora"],
             "e4t": {"encoder": str(recipe.encoder_path),
