@@ -259,9 +259,12 @@ def test_dreambench_prompts_file_parses():
     assert objs[0].format("sks", "backpack") == "a sks backpack in the jungle"
 
 
-def test_dreambench_with_tiny_models(tmp_path, tiny_model, subject_photos, second_subject_photos):
-
+@pytest.mark.parametrize("base", ["tiny_model", "tiny_sdxl"])
+def test_dreambench_with_tiny_models(tmp_path, base, request, subject_photos, second_subject_photos):
+    """The real-model protocol on an SD-shaped and an SDXL-shaped base model."""
     from boothkit.cli.main import app
+
+    tiny_model = request.getfixturevalue(base)
 
     data = tmp_path / "db"
     shutil.copytree(subject_photos, data / "dog")
@@ -281,6 +284,7 @@ def test_dreambench_with_tiny_models(tmp_path, tiny_model, subject_photos, secon
     assert r.exit_code == 0, r.output
     res = json.loads((out / "results.json").read_text())
     assert res["protocol"]["clip"]["model"] == clip and res["protocol"]["clip"]["hash"]
+    assert res["protocol"]["family"] == ("sdxl" if base == "tiny_sdxl" else "sd")
     assert set(res["methods"]) == {"ceiling", "floor", "lora"} and res["methods"]["lora"]["n_subjects"] == 2
     for m in ("floor", "lora"):
         for k in ("dino", "clip_i", "clip_t", "time_to_first_image_s", "seconds_per_image"):

@@ -130,3 +130,18 @@ def test_real_photos_train_on_sdxl_with_random_crops(tmp_path, tiny_sdxl, real_p
     out = tune("lora", photos, "dog", tmp_path / "dog", model=tiny_sdxl, steps=2,
                config={**FAST, "crop": "random", "validation_images": 0})
     assert json.loads((out / "concept.json").read_text())["training"]["steps"] == 2
+
+
+def test_generate_cli_on_sdxl_with_a_concept(sdxl_lora, tiny_sdxl, tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from boothkit.cli.main import app
+
+    r = CliRunner().invoke(app, ["generate", "a photo of sks animal", "-n", "2", "--steps", "2", "--model", tiny_sdxl,
+                                 "--concept", str(sdxl_lora), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "out" / "image-000.png") as im:
+        assert im.size == (64, 64)
+    assert max_pixel_diff(Image.open(tmp_path / "out" / "image-000.png").convert("RGB"),
+                          validation_image(sdxl_lora)) <= 1  # same seed 0, same steps as validation

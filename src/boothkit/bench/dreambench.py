@@ -139,7 +139,7 @@ def run_dreambench(cfg: DreamBenchConfig) -> dict:
     from tqdm.auto import tqdm
 
     from ..inputs import load_subject_images
-    from ..pipeline import load_pipeline, model_hash
+    from ..pipeline import load_pipeline, model_family, model_hash
     from ..world.render import to_pil
     from .report import plots
 
@@ -171,7 +171,7 @@ def run_dreambench(cfg: DreamBenchConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     proto = {"protocol": "dreambench", "dataset": str(data), "subjects": found, "prompts_per_subject": n_prompts or 25,
              "seeds": seeds, "sample_steps": steps, "guidance": 7.5, "model": cfg.model,
-             "model_hash": model_hash(cfg.model), "clip": _name(cfg.clip), "dino": _name(cfg.dino),
+             "family": model_family(cfg.model).name, "model_hash": model_hash(cfg.model), "clip": _name(cfg.clip), "dino": _name(cfg.dino),
              "tune_steps": cfg.tune_steps, "method_config": cfg.method_config}
     proto = json.loads(json.dumps(proto))
     state = out / "bench.json"
