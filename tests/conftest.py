@@ -189,12 +189,12 @@ def plain_sdxl(model):
     return pipe
 
 
-def write_active_instantbooth(out: Path, pipe, cls: str) -> Path:
+def write_active_instantbooth(out: Path, pipe, cls: str, model: str = "world") -> Path:
     """An InstantBooth artifact with untrained heads but every adapter gate at 0.5, so the adapters act."""
     from boothkit.methods.instantbooth import artifact
     from boothkit.methods.instantbooth.pretrain import write_untrained
 
-    write_untrained(out, pipe, cls=cls)
+    write_untrained(out, pipe, model=model, cls=cls)
     model, meta = artifact.load(out)
     with torch.no_grad():
         for a in model.adapters.values():

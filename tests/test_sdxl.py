@@ -145,3 +145,28 @@ def test_generate_cli_on_sdxl_with_a_concept(sdxl_lora, tiny_sdxl, tmp_path):
         assert im.size == (64, 64)
     assert max_pixel_diff(Image.open(tmp_path / "out" / "image-000.png").convert("RGB"),
                           validation_image(sdxl_lora)) <= 1  # same seed 0, same steps as validation
+
+
+def test_instantbooth_adapters_and_concept_on_sdxl(tmp_path, tiny_sdxl, real_photos):
+    """InstantBooth on an SDXL base with a separate vision tower (the world's CLIPVisionModelWithProjection, loaded
+    through transformers' own class): the concept embedding spans both encoders' widths, the adapters sit in every
+    SDXL transformer block, and generation with photos differs from the base model."""
+    from boothkit.methods.instantbooth import generate_instant
+    from boothkit.methods.instantbooth.modules import model_dims, transformer_blocks
+    from boothkit.generate import GenerateConfig
+    from boothkit.pipeline import world_path
+
+    from conftest import write_active_instantbooth
+
+    pipe = load_pipeline(tiny_sdxl, device="cpu", dtype="fp32", progress=False,
+                         image_encoder=str(world_path() / "image_encoder"))
+    pipe.set_progress_bar_config(disable=True)
+    dims = model_dims(pipe)
+    assert dims["text_dim"] == 64 and len(dims["blocks"]) == len(transformer_blocks(pipe.unet)) == 8  # 2 + 2 (mid) + 4
+    enc = write_active_instantbooth(tmp_path / "ib", pipe, "dog", model=tiny_sdxl)
+    cfg = GenerateConfig(n=1, steps=2)
+    photos = real_photos / "dog"
+    with_photos = generate_instant(pipe, enc, photos, "a photo of sks dog", cfg)[0]
+    plain = sample(plain_sdxl(tiny_sdxl), "a photo of sks dog")
+    assert max_pixel_diff(with_photos, plain) > 0
+    assert not any(type(p).__name__ == "InstantBoothAttnProcessor" for p in pipe.unet.attn_processors.values())

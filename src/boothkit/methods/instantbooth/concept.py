@@ -16,6 +16,12 @@ With `uncond_beta` set (`--set uncond_beta=0`), `inference.track_guidance` also 
 UNet batch are classifier-free guidance's negative half, which then gets the adapters at that strength (image
 guidance).
 
+On SDXL (boothkit.families) the concept embedding replaces the identifier's position of the concatenated context
+(both text encoders' penultimate states, 768 + 1280 wide on SDXL base), and the pooled embedding stays the prompt's
+own (text_encoder_2's projection of the prompt as written, the identifier a plain word), in pretraining and at
+generation alike: it carries the prompt's global content; the subject enters through the context position and the
+adapters.
+
 Two subjects in one prompt (beyond the paper): each concept has its own identifier (`--identifier`, one token,
 e.g. "sks" and "zwx") and its own patches. Both concepts' identifiers get their own concept embedding; the adapters
 attend to both subjects' patches at once (concatenated). Known failure: nothing ties subject i's patches to the
@@ -156,11 +162,11 @@ def load(pipe, folder: Path, meta: dict) -> None:
         sig = inspect.signature(original)
 
         def encode_prompt(*args, **kwargs):
-            pe, ne = original(*args, **kwargs)
+            out = original(*args, **kwargs)  # (prompt_embeds, negative, ...): SDXL adds the pooled embeddings
             b = sig.bind(*args, **kwargs)
             prompt = b.arguments.get("prompt")
             if prompt is None or b.arguments.get("prompt_embeds") is not None:
-                return pe, ne
+                return out
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
             n = int(b.arguments.get("num_images_per_prompt") or 1)
             tok = pipe.tokenizer
@@ -168,9 +174,10 @@ def load(pipe, folder: Path, meta: dict) -> None:
                 prompts = [pipe.maybe_convert_prompt(p, tok) for p in prompts]
             ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                       return_tensors="pt").input_ids.repeat_interleave(n, dim=0)
+            pe = out[0]
             for token_id, concept, alpha in state.concepts:
                 pe = inject_concept(pe, ids, token_id, concept.to(pe.device), alpha)
-            return pe, ne
+            return (pe, *out[1:])
 
         pipe.encode_prompt = encode_prompt
     elif state.encoder_key != key:

@@ -2,13 +2,13 @@
 
 With diffusers alone (plus this module)::
 
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline                   # or StableDiffusionXLPipeline
     from boothkit.methods.instantbooth import install_instantbooth
 
     pipe = StableDiffusionPipeline.from_pretrained(model_dir)       # a pipeline with an image_encoder
     ib = install_instantbooth(pipe, "instantbooth-person")          # adapters -> pipe.unet's attn1 processors
     ib.set_images([Image.open(p) for p in photos])                  # any number of reference photos
-    image = pipe(prompt_embeds=ib.encode_prompt("a photo of sks person on a red background")).images[0]
+    image = pipe(**ib.pipe_kwargs("a photo of sks person on a red background")).images[0]
     ib.remove()                                                     # the UNet is stock again
 
 No gradient step anywhere: the reference photos go through the frozen vision tower and the two heads once.
@@ -85,10 +85,10 @@ def track_guidance(pipe, condition) -> Callable[[], None]:
 
     @functools.wraps(original)  # keeps the signature: a wrapper around this one can still bind by name
     def encode_prompt(*args, **kwargs):
-        pe, ne = original(*args, **kwargs)
+        out = original(*args, **kwargs)  # (prompt_embeds, negative, ...): SDXL adds the pooled embeddings
         guided = sig.bind(*args, **kwargs).arguments.get("do_classifier_free_guidance")
-        condition.uncond_rows = pe.shape[0] if guided else 0
-        return pe, ne
+        condition.uncond_rows = out[0].shape[0] if guided else 0
+        return out
 
     pipe.encode_prompt = encode_prompt
 
@@ -157,23 +157,38 @@ class InstantBoothPipeline:
         self.attached.set_patches(patches, self.cfg.beta if beta is None else beta)
 
     @torch.no_grad()
-    def encode_prompt(self, prompt: str | list[str], alpha: float | None = None) -> torch.Tensor:
-        """Text encoder output with the identifier's output replaced by alpha * concept -> [B, 77, text_dim]."""
+    def encode_text(self, prompt: str | list[str], alpha: float | None = None):
+        """The prompt's text conditioning (boothkit.families.TextConditioning) with the identifier's position
+        replaced by alpha * concept: hidden [B, 77, text_dim] (SDXL: both encoders' states, and the prompt's own
+        pooled embedding, see concept.py)."""
+        from ...families import family_of
         from .modules import inject_concept
 
         if self.concept is None:
             raise InputError("call set_images(...) before encode_prompt(...)")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        tok, te = self.pipe.tokenizer, self.pipe.text_encoder
-        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids
-        for p, row in zip(prompts, ids):
+        family = family_of(self.pipe)
+        ids = family.token_ids(self.pipe, prompts)
+        for p, row in zip(prompts, ids[0]):
             if not (row == self.token_id).any():
                 raise InputError(f"prompt {p!r} does not contain the identifier {self.cfg.identifier!r} "
                                  f"(e.g. 'a photo of {self.cfg.identifier} {self.meta.get('class') or 'person'}')")
-        hidden = te(ids.to(te.device))[0]  # [B, 77, D], as StableDiffusionPipeline.encode_prompt computes it
-        return inject_concept(hidden, ids, self.token_id, self.concept.to(hidden.device),
-                              self.cfg.alpha if alpha is None else alpha)
+        text = family.encode_ids(ids, family.text_encoders(self.pipe))  # as the pipeline's encode_prompt computes it
+        text.hidden = inject_concept(text.hidden, ids[0], self.token_id, self.concept.to(text.hidden.device),
+                                     self.cfg.alpha if alpha is None else alpha)
+        return text
+
+    def encode_prompt(self, prompt: str | list[str], alpha: float | None = None) -> torch.Tensor:
+        """Text encoder output with the identifier's output replaced by alpha * concept -> [B, 77, text_dim]
+        (`pipe(prompt_embeds=...)` on SD; on SDXL use `pipe(**handle.pipe_kwargs(prompt))`, which also passes the
+        pooled embedding)."""
+        return self.encode_text(prompt, alpha).hidden
+
+    def pipe_kwargs(self, prompt: str | list[str], alpha: float | None = None) -> dict:
+        """The pipe(...) arguments that draw `prompt` with the subject, on any supported pipeline."""
+        from ...families import family_of
+
+        return family_of(self.pipe).pipe_embeds(self.encode_text(prompt, alpha))
 
     def remove(self) -> None:
         """Detach the adapters (and the guidance tracking): pipe is the stock pipeline again."""
@@ -201,7 +216,7 @@ def install_instantbooth(pipe, weights_dir: str | Path, alpha: float | None = No
         if have[k] != meta["dims"][k]:
             raise InputError(f"--instant {weights_dir}: made for {k}={meta['dims'][k]}, this pipeline has {have[k]} "
                              f"(it was trained on base model {meta.get('base_model')!r})")
-    p = next(pipe.text_encoder.parameters())
+    p = next(pipe.unet.parameters())
     model.to(p.device, p.dtype)
     attached = attach(pipe.unet, model, beta=model.cfg.beta)
     untrack = None
@@ -247,12 +262,12 @@ def generate_instant(pipe, artifact_dir: str | Path, ref_images, prompt: str, cf
     ib = install_instantbooth(pipe, artifact_dir, alpha=alpha, beta=beta, uncond_beta=uncond_beta)
     try:
         ib.set_images(refs, mask_background=mask_background)
-        embeds = ib.encode_prompt(prompt)
+        embeds = ib.pipe_kwargs(prompt)
         size = native_size(pipe)
         out = []
         for i in range(cfg.n):
             g = torch.Generator("cpu").manual_seed(cfg.seed + i)  # CPU noise: the same pixels on every device
-            out.append(pipe(prompt_embeds=embeds, height=cfg.height or size, width=cfg.width or size,
+            out.append(pipe(**embeds, height=cfg.height or size, width=cfg.width or size,
                             num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
                             negative_prompt=cfg.negative_prompt, generator=g).images[0])
         return out

@@ -122,7 +122,10 @@ def transformer_blocks(unet) -> dict[str, nn.Module]:
 
 
 def model_dims(pipe) -> dict:
-    """The sizes the heads and adapters are built for, read from the pipeline's components."""
+    """The sizes the heads and adapters are built for, read from the pipeline's components (and its family: the
+    concept embedding replaces one position of the text conditioning, which on SDXL is both encoders' states)."""
+    from ...families import family_of
+
     enc = getattr(pipe, "image_encoder", None)
     if enc is None:
         raise ValueError("InstantBooth needs the pipeline's image encoder (pipe.image_encoder is None); the world "
@@ -132,7 +135,7 @@ def model_dims(pipe) -> dict:
         "vision_hidden": int(vc.hidden_size),
         "vision_embed": int(vc.projection_dim),
         "image_size": int(vc.image_size),
-        "text_dim": int(pipe.text_encoder.config.hidden_size),
+        "text_dim": family_of(pipe).text_width(pipe),  # SDXL: both encoders' widths (the context's D)
         "cross_dim": int(pipe.unet.config.cross_attention_dim),
         "blocks": {n: int(m.norm1.normalized_shape[0]) for n, m in transformer_blocks(pipe.unet).items()},
     }
