@@ -170,3 +170,20 @@ def test_instantbooth_adapters_and_concept_on_sdxl(tmp_path, tiny_sdxl, real_pho
     plain = sample(plain_sdxl(tiny_sdxl), "a photo of sks dog")
     assert max_pixel_diff(with_photos, plain) > 0
     assert not any(type(p).__name__ == "InstantBoothAttnProcessor" for p in pipe.unet.attn_processors.values())
+
+
+def test_memory_options_on_sdxl_keep_the_weights(tmp_path, tiny_sdxl, subject_photos):
+    """Gradient checkpointing (UNet and both text encoders) recomputes activations in the backward pass: the same
+    weights as without it, up to float rounding; attention runs on PyTorch's SDPA (no xformers)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    from safetensors.torch import load_file
+
+    pipe = load_pipeline(tiny_sdxl, device="cpu", dtype="fp32", progress=False)
+    assert all(isinstance(p, AttnProcessor2_0) for p in pipe.unet.attn_processors.values())
+    weights = {}
+    for gc in (False, True):
+        out = tune("lora", subject_photos, "animal", tmp_path / f"gc{gc}", model=tiny_sdxl, steps=2,
+                   config={**FAST, "validation_images": 0, "train_text_encoder": True, "gradient_checkpointing": gc})
+        weights[gc] = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    for k in weights[False]:
+        assert torch.allclose(weights[True][k], weights[False][k], atol=1e-5), k
