@@ -67,14 +67,15 @@ def export_webui(ctx):
     state = load_file(str(folder / WEIGHTS))
     if any(k.endswith(".bias") for k in state):
         return None
-    unet = ctx.load_base().unet  # its own projections are the base's: the concept lives in the processors
+    pipe = ctx.load_base()
+    unet = pipe.unet  # its own projections are the base's: the concept lives in the processors
     deltas = {}
     for key, w in state.items():  # '<...>.attn2.processor.to_k_custom_diffusion.weight'
         proc, param = key.rsplit(".processor.", 1)
         layer = param.replace("_custom_diffusion", "").removesuffix(".weight")  # to_k, to_v (to_q, to_out.0)
         base = unet.get_submodule(f"{proc}.{layer}").weight
         deltas[f"unet.{proc}.{layer}"] = w.to(base.dtype) - base.detach()
-    tensors, info, err = lowrank_lora(deltas, rank=ctx.options.get("rank") or 0)
+    tensors, info, err = lowrank_lora(pipe, deltas, rank=ctx.options.get("rank") or 0)
     tokens = ctx.meta["tokens"]
     names = [ctx.name] + [f"{ctx.name}-{i + 1}" for i in range(1, len(tokens))]
     classes = ctx.meta.get("classes") or [ctx.meta.get("class", "")] * len(tokens)
