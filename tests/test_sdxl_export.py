@@ -100,6 +100,30 @@ def test_lora_with_both_text_encoders_exports_kohyas_sdxl_layout(tmp_path, deep_
     assert max_pixel_diff(theirs, sample(plain_sdxl(tiny_sdxl), prompt)) > 0
 
 
+def test_ti_exports_the_a1111_sdxl_embedding(tmp_path, tiny_sdxl, tiny_model, subject_photos):
+    concept = tune("ti", subject_photos, "animal", tmp_path / "rat", model=tiny_sdxl, steps=2,
+                   config={**FAST, "validation_images": 0, "num_vectors": 2, "lr": 0.05})
+    record = export_concept(concept, tmp_path / "w", name="ratemb")
+    assert record["files"] == ["embeddings/ratemb.safetensors"] and record["prompt"] == "a photo of ratemb animal"
+    emb = load_file(str(tmp_path / "w/embeddings/ratemb.safetensors"))
+    assert sorted(emb) == ["clip_g", "clip_l"] and emb["clip_l"].shape == emb["clip_g"].shape == (2, 32)
+    assert torch.equal(emb["clip_l"], load_file(str(concept / "learned_embeds.safetensors"))["<sks>"])
+    assert torch.equal(emb["clip_g"], load_file(str(concept / "learned_embeds_2.safetensors"))["<sks>"])
+
+    pipe = plain_sdxl(tiny_sdxl)  # the way diffusers' documentation loads an A1111 SDXL embedding
+    pipe.load_textual_inversion(emb["clip_g"], token="ratemb", text_encoder=pipe.text_encoder_2,
+                                tokenizer=pipe.tokenizer_2)
+    pipe.load_textual_inversion(emb["clip_l"], token="ratemb", text_encoder=pipe.text_encoder,
+                                tokenizer=pipe.tokenizer)
+    theirs = sample(pipe, record["prompt"])
+    assert max_pixel_diff(theirs, _ours(tiny_sdxl, concept, "a photo of <sks> animal")) <= 1
+    assert max_pixel_diff(theirs, sample(plain_sdxl(tiny_sdxl), "a photo of <sks> animal")) > 0
+    # an embedding export loads no pipeline, but --model of another family is still refused
+    with pytest.raises(InputError, match="made for a Stable Diffusion XL base model.*is Stable Diffusion 1.x/2.x"):
+        export_concept(concept, tmp_path / "w2", model=tiny_model)
+    assert not (tmp_path / "w2").exists()
+
+
 def test_full_dreambooth_on_sdxl_exports_an_extracted_lora_with_both_text_encoders(tmp_path, tiny_sdxl,
                                                                                    subject_photos):
     concept = tune("dreambooth", subject_photos, "animal", tmp_path / "db", model=tiny_sdxl, steps=2,
