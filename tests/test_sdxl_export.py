@@ -124,6 +124,34 @@ def test_ti_exports_the_a1111_sdxl_embedding(tmp_path, tiny_sdxl, tiny_model, su
     assert not (tmp_path / "w2").exists()
 
 
+def test_custom_diffusion_exports_an_sdxl_lora_and_sdxl_embeddings(tmp_path, tiny_sdxl, subject_photos,
+                                                                   second_subject_photos):
+    concept = tune("custom", subject_photos, "animal", tmp_path / "pair", model=tiny_sdxl, steps=2,
+                   subjects=[(second_subject_photos, "food")],
+                   config={**FAST, "validation_images": 0, "lr": 1e-2, "prior_preservation": False})
+    record = export_concept(concept, tmp_path / "w", name="pqz")
+    assert record["files"] == ["embeddings/pqz-2.safetensors", "embeddings/pqz.safetensors", "lora/pqz.safetensors"]
+    assert record["prompt"] == "a photo of pqz animal and pqz-2 food <lora:pqz:1>"
+    assert record["lora_relative_error"] < 1e-5
+    tensors = load_file(str(tmp_path / "w/lora/pqz.safetensors"))
+    assert tensors and all(KOHYA_SDXL.match(k) and ("_attn2_to_k." in k or "_attn2_to_v." in k) for k in tensors)
+    assert all(k.split(".")[0].endswith(("to_k", "to_v")) for k in tensors)
+
+    pipe = plain_sdxl(tiny_sdxl)
+    pipe.load_lora_weights(str(tmp_path / "w/lora"), weight_name="pqz.safetensors")
+    for name in ("pqz", "pqz-2"):
+        emb = load_file(str(tmp_path / f"w/embeddings/{name}.safetensors"))
+        assert sorted(emb) == ["clip_g", "clip_l"] and emb["clip_g"].shape == (1, 32)
+        pipe.load_textual_inversion(emb["clip_g"], token=name, text_encoder=pipe.text_encoder_2,
+                                    tokenizer=pipe.tokenizer_2)
+        pipe.load_textual_inversion(emb["clip_l"], token=name, text_encoder=pipe.text_encoder,
+                                    tokenizer=pipe.tokenizer)
+    theirs = sample(pipe, "a photo of pqz animal and pqz-2 food")
+    prompt = "a photo of <new1> animal and <new2> food"
+    assert max_pixel_diff(theirs, _ours(tiny_sdxl, concept, prompt)) <= 1
+    assert max_pixel_diff(theirs, sample(plain_sdxl(tiny_sdxl), prompt)) > 0
+
+
 def test_full_dreambooth_on_sdxl_exports_an_extracted_lora_with_both_text_encoders(tmp_path, tiny_sdxl,
                                                                                    subject_photos):
     concept = tune("dreambooth", subject_photos, "animal", tmp_path / "db", model=tiny_sdxl, steps=2,
