@@ -104,3 +104,77 @@ def test_merge_reproduces_each_concept_on_its_own_tokens(rat, food, tiny_model, 
     c = _features(tok, te, ["a photo of a dog on a red background"]).float()
     assert (c @ (merged[key] - base).T).norm() < (c @ base.T).norm() * 0.5
     assert sample(pipe, "a photo of <new1> animal and <new2> food").size == (64, 64)
+
+
+def _merge_cli(*args):
+    from typer.testing import CliRunner
+
+    from boothkit.cli.main import app
+
+    return CliRunner().invoke(app, ["merge", *map(str, args)])
+
+
+def test_cli_merge_takes_the_users_regularisation_captions(rat, food, tiny_model, tmp_path):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a photo of a dog on the grass\n\n  a red car in the street  \na bowl of soup\n")
+    r = _merge_cli(rat, food, "--out", tmp_path / "m", "--model", tiny_model, "--reg-captions", captions)
+    assert r.exit_code == 0, r.output
+    assert f"regularisation captions: 3 read from {captions}" in r.output and "warning" not in r.output
+    reg = json.loads((tmp_path / "m/concept.json").read_text())["config"]["regularisation_captions"]
+    assert reg["count"] == 3 and reg["source"] == f"file: {captions}"
+    # other captions, other weights: the captions were used
+    r = _merge_cli(rat, food, "--out", tmp_path / "t", "--model", tiny_model)
+    assert r.exit_code == 0, r.output
+    assert "warning: merge: no regularisation captions given; using 20 generic templates" in r.output
+    assert "about 200 real captions" in r.output
+    meta = json.loads((tmp_path / "t/concept.json").read_text())
+    assert meta["config"]["regularisation_captions"]["source"] == "templates"
+    assert meta["config"]["regularisation_captions"]["count"] == 20
+    key = "pytorch_custom_diffusion_weights.safetensors"
+    a, b = load_file(str(tmp_path / "m" / key)), load_file(str(tmp_path / "t" / key))
+    assert any(not torch.allclose(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("content,words", [(None, "no such file"), ("\n  \n", "no captions in it"),
+                                           (b"\xff\xfe caption", "not UTF-8")])
+def test_cli_merge_refuses_bad_caption_files_and_writes_nothing(rat, food, tiny_model, tmp_path, content, words):
+    captions = tmp_path / "captions.txt"
+    if isinstance(content, bytes):
+        captions.write_bytes(content)
+    elif content is not None:
+        captions.write_text(content)
+    r = _merge_cli(rat, food, "--out", tmp_path / "m", "--model", tiny_model, "--reg-captions", captions)
+    assert r.exit_code == 2 and f"--reg-captions {captions}: {words}" in r.output
+    assert not (tmp_path / "m").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_cli_merge_on_the_world_model_defaults_to_the_worlds_captions(tmp_path, subject_photos):
+    import shutil
+
+    from boothkit.world.regularisation import regularisation_captions
+
+    one = tune("custom", subject_photos, "animal", tmp_path / "a", model="world", steps=1,
+               config={"validation_images": 0, "checkpoint_every": 0, "prior_preservation": False, "batch_size": 1})
+    two = shutil.copytree(one, tmp_path / "b")  # a second concept folder (same weights: enough for the plumbing)
+    r = _merge_cli(one, two, "--out", tmp_path / "m")
+    assert r.exit_code == 0, r.output
+    n = len(regularisation_captions(["animal", "animal"]))
+    assert f"regularisation captions: the world model's {n} scene captions" in r.output and "warning" not in r.output
+    reg = json.loads((tmp_path / "m/concept.json").read_text())["config"]["regularisation_captions"]
+    assert reg["count"] == n and reg["source"] == "world"
+
+
+def test_custom_diffusion_code_does_not_import_the_world():
+    """The world is one data source among others: Custom Diffusion, TI and the export take nothing from it."""
+    import ast
+    from pathlib import Path
+
+    import boothkit.methods as methods
+
+    root = Path(methods.__file__).parent
+    for f in [*(root / "custom").glob("*.py"), *(root / "ti").glob("*.py"), root / "webui.py"]:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert "world" not in (node.module or ""), f"{f.name} imports {node.module}"
+            elif isinstance(node, ast.Import):
+                assert not any("world" in a.name for a in node.names), f.name

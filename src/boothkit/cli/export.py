@@ -15,7 +15,8 @@ def export(
     out: str = typer.Option(..., "--out", "-o", help="New (or empty) folder for the exported files."),
     name: str = typer.Option(None, "--name", help="File name stem: the webui's LoRA name and embedding trigger "
                              "word (default: the concept folder's name)."),
-    fmt: str = typer.Option("webui", "--format", help="webui: kohya-layout LoRA + A1111 embedding safetensors."),
+    fmt: str = typer.Option("webui", "--format", help="webui: kohya-layout LoRA + A1111 embedding safetensors (SD "
+                            "1.x/2.x or SDXL layout: the concept's base-model family)."),
     model: str = typer.Option(None, "--model", help="Base model to load the concept into (default: the one "
                               "concept.json names)."),
     rank: int = typer.Option(None, "--rank", help="Custom Diffusion and full DreamBooth: LoRA rank of the fit of "

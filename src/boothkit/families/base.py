@@ -22,6 +22,13 @@ class TextEncoderSlot:
     a1111_key: str  #: key of this encoder's vectors in an AUTOMATIC1111 embedding file ("emb_params", "clip_l", ...)
     kohya_prefix: str  #: kohya LoRA key prefix of this encoder ("lora_te", "lora_te1", "lora_te2")
     lora_layers_kwarg: str  #: save_lora_weights' argument for this encoder's LoRA layers
+    #: suffix of this encoder's per-encoder files ("" for the first, "_2" for SDXL's second), as diffusers' SDXL
+    #: scripts name them (learned_embeds.safetensors, learned_embeds_2.safetensors)
+    file_suffix: str = ""
+
+    def file_name(self, stem: str, ext: str = ".safetensors") -> str:
+        """This encoder's file of a per-encoder artifact: "<new1>" -> "<new1>.safetensors", "<new1>_2.safetensors"."""
+        return f"{stem}{self.file_suffix}{ext}"
 
 
 @dataclass
@@ -123,6 +130,12 @@ class Family:
     def lora_writer(self):
         """The pipeline class whose save_lora_weights writes this family's LoRA file."""
         return self.pipeline_class()
+
+    def kohya_unet_path(self, unet_config, path: str) -> str:
+        """A UNet module path (diffusers' names, e.g. "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k")
+        as LoRA files made by kohya's scripts name it, before "." becomes "_". SD: diffusers' own names (kohya trains
+        SD 1.x/2.x on a UNet with diffusers' module names)."""
+        return path
 
 
 def _device(module) -> torch.device:

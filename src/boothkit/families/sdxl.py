@@ -11,6 +11,8 @@ Conditioning, as diffusers' StableDiffusionXLPipeline.encode_prompt and its SDXL
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from .base import Family, TextConditioning, TextEncoderSlot, _device
@@ -24,7 +26,8 @@ class StableDiffusionXL(Family):
         TextEncoderSlot(encoder="text_encoder", tokenizer="tokenizer", ti_weights="learned_embeds.safetensors",
                         a1111_key="clip_l", kohya_prefix="lora_te1", lora_layers_kwarg="text_encoder_lora_layers"),
         TextEncoderSlot(encoder="text_encoder_2", tokenizer="tokenizer_2", ti_weights="learned_embeds_2.safetensors",
-                        a1111_key="clip_g", kohya_prefix="lora_te2", lora_layers_kwarg="text_encoder_2_lora_layers"),
+                        a1111_key="clip_g", kohya_prefix="lora_te2", lora_layers_kwarg="text_encoder_2_lora_layers",
+                        file_suffix="_2"),
     )
 
     def vae_fp32(self, pipe) -> bool:
@@ -48,3 +51,23 @@ class StableDiffusionXL(Family):
 
     def pipe_embeds(self, text: TextConditioning) -> dict:
         return {"prompt_embeds": text.hidden, "pooled_prompt_embeds": text.pooled}
+
+    def kohya_unet_path(self, unet_config, path: str) -> str:
+        """kohya's SDXL LoRAs name UNet modules as Stability's own (sgm) UNet does: a down block's layers are
+        `input_blocks.N` (N counts conv_in, every resnet/attention layer and each downsampler), the mid block's
+        attention is `middle_block.1`, an up block's layers `output_blocks.N`; inside a layer the attention module is
+        `.1` and keeps diffusers' names (transformer_blocks.0.attn2.to_k). Only the transformer blocks' modules are
+        mapped: they are all a LoRA, Custom Diffusion or a DreamBooth extraction touches."""
+        per = unet_config.layers_per_block
+        if not isinstance(per, int):
+            raise ValueError(f"UNet layers_per_block={per!r} (per block): kohya's SDXL layout has one number")
+        m = re.fullmatch(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", path)
+        if m:  # input_blocks.0 is conv_in; each down block: `per` layers, then its downsampler
+            return f"input_blocks.{1 + int(m[1]) * (per + 1) + int(m[2])}.1.{m[3]}"
+        m = re.fullmatch(r"mid_block\.attentions\.0\.(.+)", path)
+        if m:  # resnet, attention, resnet
+            return f"middle_block.1.{m[1]}"
+        m = re.fullmatch(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", path)
+        if m:  # each up block: `per + 1` layers (the upsampler sits inside the last)
+            return f"output_blocks.{int(m[1]) * (per + 1) + int(m[2])}.1.{m[3]}"
+        raise ValueError(f"UNet module {path}: kohya's SDXL layout is mapped here for the transformer blocks only")

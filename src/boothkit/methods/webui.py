@@ -1,13 +1,17 @@
 """`boothkit export`: a concept in the files AUTOMATIC1111, ComfyUI, SD.Next and InvokeAI read ("webui" format).
 
     lora/<name>.safetensors        LoRA weights (the LoRA method, E4T's weight offsets) in kohya's layout:
-                                   `lora_unet_<module>.lora_down.weight`, `.lora_up.weight`, `.alpha` (and
-                                   `lora_te_<module>...` for a text-encoder LoRA). Converted by diffusers'
-                                   `convert_state_dict_to_kohya` from the PEFT state dict that diffusers' own loader
-                                   builds from the concept's file, so what is exported is what `generate --concept`
-                                   draws with. The alpha is the concept's (kohya scales by alpha / rank).
-    embeddings/<name>.safetensors  a token embedding (Textual Inversion, E4T's word) as A1111 saves one:
-                                   {"emb_params": [n_vectors, dim]}; the webui's trigger word is the file's name.
+                                   `lora_unet_<module>.lora_down.weight`, `.lora_up.weight`, `.alpha`, and for the
+                                   text encoders `lora_te_<module>...` (SD 1.x/2.x) or `lora_te1_...`/`lora_te2_...`
+                                   (SDXL). The UNet's modules keep diffusers' names on SD (as kohya's SD LoRAs) and
+                                   take Stability's (sgm) names on SDXL (`lora_unet_input_blocks_4_1_...`, as kohya's
+                                   SDXL LoRAs: `Family.kohya_unet_path`). Read from the PEFT adapter that diffusers'
+                                   own loader builds from the concept's file, so what is exported is what `generate
+                                   --concept` draws with. The alpha is the concept's (kohya scales by alpha / rank).
+    embeddings/<name>.safetensors  a token embedding (Textual Inversion, E4T's word, Custom Diffusion's modifier
+                                   tokens) as A1111 saves one: {"emb_params": [n_vectors, 768]} on SD, one tensor per
+                                   text encoder on SDXL: {"clip_l": [n, 768], "clip_g": [n, 1280]} (`slot.a1111_key`);
+                                   the webui's trigger word is the file's name.
     export.json                    what was exported, from which concept and base model, and the prompt to use.
 
 Custom Diffusion's changed key/value projections become a LoRA too: each change dW = W_custom - W_base as the
@@ -16,7 +20,7 @@ factors of its SVD (`lowrank_lora`: every non-zero singular value, so the change
 <name>-2, ... when there are several).
 
 A full DreamBooth concept becomes a LoRA extracted from it, as kohya's extract_lora_from_models does: the changes of
-the transformer blocks' and text encoder's linear layers, fitted at rank DREAMBOOTH_RANK (or --rank); what that
+the transformer blocks' and text encoders' linear layers, fitted at rank DREAMBOOTH_RANK (or --rank); what that
 leaves out (convolutions, norms, biases, embeddings, and the fit's residual) is measured in export.json.
 
 Each method says what it exports in its artifact.py (`export_webui`, the MethodSpec's `export`). InstantBooth
@@ -60,6 +64,13 @@ class ExportContext:
     load_plain: Callable[[], object]  #: a fresh base pipeline as it is (the concept's model, or --model)
     options: dict = field(default_factory=dict)  #: {"rank": r or None}: the LoRA rank of a fit (0: exact)
 
+    @property
+    def family(self):
+        """The base-model family the concept was made for (concept.json's "family"; SD before SDXL support)."""
+        from ..families import family_named
+
+        return family_named(self.meta.get("family", "sd"))
+
 
 @dataclass
 class WebuiFiles:
@@ -72,26 +83,57 @@ class WebuiFiles:
     notes: dict = field(default_factory=dict)  #: anything export.json should say about the conversion
 
 
-def a1111_embedding(vectors: torch.Tensor) -> dict[str, torch.Tensor]:
-    """[n_vectors, dim] (or [dim]) -> A1111's safetensors embedding."""
-    return {"emb_params": vectors.detach().to("cpu", torch.float32).reshape(-1, vectors.shape[-1]).contiguous()}
+def a1111_embedding(vectors: torch.Tensor | list[torch.Tensor], family=None) -> dict[str, torch.Tensor]:
+    """A token's vectors -> A1111's safetensors embedding: one [n_vectors, dim] (or [dim]) tensor per text encoder of
+    the family, in slot order, each under its `slot.a1111_key`: SD {"emb_params": [n, 768]}, SDXL {"clip_l": [n, 768],
+    "clip_g": [n, 1280]}. A single tensor is SD's one encoder (family None: SD)."""
+    from ..families import family_named
+
+    family = family or family_named("sd")
+    per_slot = [vectors] if isinstance(vectors, torch.Tensor) else list(vectors)
+    if len(per_slot) != len(family.slots):
+        raise ValueError(f"{len(per_slot)} embeddings for the {len(family.slots)} text encoders of {family.label}")
+    return {slot.a1111_key: v.detach().to("cpu", torch.float32).reshape(-1, v.shape[-1]).contiguous()
+            for slot, v in zip(family.slots, per_slot)}
 
 
-def lowrank_lora(deltas: dict[str, torch.Tensor], rank: int = 0, rtol: float = 1e-6
+def kohya_name(pipe, module: str, path: str) -> str:
+    """The kohya LoRA name of a linear layer: module "unet" / a text encoder's pipeline name, path its module path in
+    diffusers / transformers names -> e.g. "lora_unet_down_blocks_0_attentions_0_..._to_q" (SD),
+    "lora_unet_input_blocks_4_1_..._to_q" (SDXL), "lora_te_text_model_encoder_layers_0_self_attn_q_proj" (SD),
+    "lora_te2_text_model_..." (SDXL). Text-encoder paths get the `text_model.` level that webuis' key maps expect
+    (transformers 5's CLIPTextModel has none; CLIPTextModelWithProjection has it)."""
+    from ..families import family_of
+
+    fam = family_of(pipe)
+    if module == "unet":
+        try:
+            path = fam.kohya_unet_path(pipe.unet.config, path)
+        except ValueError as e:
+            raise InputError(f"export: {e}") from None
+        return "lora_unet_" + path.replace(".", "_")
+    slot = next((s for s in fam.slots if s.encoder == module), None)
+    if slot is None:
+        raise InputError(f"export: {module} is not a text encoder of {fam.label}")
+    if not path.startswith("text_model."):
+        path = "text_model." + path
+    return f"{slot.kohya_prefix}_" + path.replace(".", "_")
+
+
+def lowrank_lora(pipe, deltas: dict[str, torch.Tensor], rank: int = 0, rtol: float = 1e-6
                  ) -> tuple[dict[str, torch.Tensor], dict[str, str], float]:
-    """Weight changes {"unet.<module path>": dW [out, in]} as a kohya LoRA: dW ~ up @ down from its SVD (Eckart-Young:
-    the best rank-r fit), as kohya's extract_lora_from_models does. rank 0: every singular value above rtol * the
-    largest (the change itself, to float error), so modules may differ in rank.
+    """Weight changes {"<module>.<path>": dW [out, in]} (module: unet, text_encoder, text_encoder_2) as a kohya LoRA:
+    dW ~ up @ down from its SVD (Eckart-Young: the best rank-r fit), as kohya's extract_lora_from_models does.
+    rank 0: every singular value above rtol * the largest (the change itself, to float error), so modules may differ
+    in rank. pipe: a pipeline of the concept's base model (its family names the modules: kohya_name).
 
     One alpha for every module (the largest rank), the webui's scale alpha / rank_m folded back into each `up`, so
     up @ down * alpha / rank_m is the fit: loaders that mishandle per-module alphas (diffusers 0.42.1 drops some of
     a kohya file's alpha pattern) then still draw the same.
     -> (tensors, safetensors metadata, relative error ||dW - fit||_F / ||dW||_F over all modules)
     """
-    from diffusers.utils import convert_state_dict_to_kohya
-
     fits, err2, norm2 = {}, 0.0, 0.0
-    for path, dw in deltas.items():
+    for key, dw in deltas.items():
         dw = dw.detach().to("cpu", torch.float64)
         u, sv, vh = torch.linalg.svd(dw, full_matrices=False)  # dw = u diag(sv) vh
         r = int((sv > rtol * sv[0]).sum()) if float(sv[0]) > 0 else 1
@@ -99,14 +141,15 @@ def lowrank_lora(deltas: dict[str, torch.Tensor], rank: int = 0, rtol: float = 1
         up, down = u[:, :r] * sv[:r], vh[:r]  # [out, r], [r, in]
         err2 += float(((dw - up @ down) ** 2).sum())
         norm2 += float((dw ** 2).sum())
-        fits[path] = (up, down)
+        fits[key] = (up, down)
     alpha = max(d.shape[0] for _, d in fits.values())
-    peft = {}
-    for path, (up, down) in fits.items():
-        peft[f"{path}.lora_A.weight"] = down.float().contiguous()
-        peft[f"{path}.lora_B.weight"] = (up * (down.shape[0] / alpha)).float().contiguous()
-    tensors = {_sd1_name(k): (torch.tensor(float(alpha)) if k.endswith(".alpha") else v.contiguous())
-               for k, v in convert_state_dict_to_kohya(peft).items()}
+    tensors = {}
+    for key, (up, down) in fits.items():
+        module, path = key.split(".", 1)
+        name = kohya_name(pipe, module, path)
+        tensors[f"{name}.lora_down.weight"] = down.float().contiguous()
+        tensors[f"{name}.lora_up.weight"] = (up * (down.shape[0] / alpha)).float().contiguous()
+        tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
     ranks = sorted({d.shape[0] for _, d in fits.values()})
     meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(alpha), "ss_network_alpha": str(alpha),
             "boothkit_lora_ranks": json.dumps(ranks)}
@@ -114,50 +157,39 @@ def lowrank_lora(deltas: dict[str, torch.Tensor], rank: int = 0, rtol: float = 1
 
 
 def kohya_lora(pipe) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The one LoRA adapter loaded into `pipe` (UNet and, if any, text encoder) in kohya's layout, with alphas.
+    """The one LoRA adapter loaded into `pipe` (UNet and, if any, the text encoders) in kohya's layout, with alphas.
 
     -> (tensors, safetensors metadata in kohya's `ss_*` names)
     """
-    from diffusers.utils import convert_state_dict_to_kohya
     from peft.utils import get_peft_model_state_dict
 
-    peft, alphas, ranks = {}, {}, set()
-    for prefix, kohya_prefix, module in (("unet", "lora_unet_", pipe.unet), ("text_encoder", "lora_te1_",
-                                                                              pipe.text_encoder)):
+    from ..families import family_of
+
+    fam = family_of(pipe)
+    tensors, alphas, ranks = {}, {}, set()
+    for name in ["unet"] + [s.encoder for s in fam.slots]:
+        module = getattr(pipe, name)
         configs = getattr(module, "peft_config", None) or {}
         if len(configs) > 1:
-            raise InputError(f"export: the {prefix} carries {len(configs)} LoRA adapters; export one concept at a "
+            raise InputError(f"export: the {name} carries {len(configs)} LoRA adapters; export one concept at a "
                              "time")
         for adapter, cfg in configs.items():
             if getattr(cfg, "rank_pattern", None) or getattr(cfg, "alpha_pattern", None):
                 raise InputError("export: per-module LoRA ranks or alphas are not supported by this export")
-            part = get_peft_model_state_dict(module, adapter_name=adapter)
-            peft.update({f"{prefix}.{k}": v for k, v in part.items()})
-            alphas[kohya_prefix], ranks = float(cfg.lora_alpha), ranks | {int(cfg.r)}
-    if not peft:
+            alphas[name], ranks = float(cfg.lora_alpha), ranks | {int(cfg.r)}
+            for key, value in get_peft_model_state_dict(module, adapter_name=adapter).items():
+                path, dot, kind = key.rpartition(".lora_")
+                if not dot or kind not in ("A.weight", "B.weight"):
+                    raise InputError(f"export: {name} LoRA tensor {key} has no kohya equivalent (plain LoRA only)")
+                stem = kohya_name(pipe, name, path)
+                part = "lora_down" if kind == "A.weight" else "lora_up"  # kohya's names of PEFT's A and B
+                tensors[f"{stem}.{part}.weight"] = value.detach().to("cpu", torch.float32).contiguous()
+                tensors[f"{stem}.alpha"] = torch.tensor(alphas[name])  # kohya's scale is alpha / rank
+    if not tensors:
         raise InputError("export: the concept loaded no LoRA weights")
-    tensors = {}
-    for key, value in convert_state_dict_to_kohya(peft).items():
-        prefix = next(p for p in alphas if key.startswith(p))
-        if key.endswith(".alpha"):  # diffusers writes alpha = rank (scale 1); kohya's scale is alpha / rank
-            value = torch.tensor(alphas[prefix])
-        tensors[_sd1_name(key)] = value.detach().to("cpu", torch.float32).contiguous()
     meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(max(ranks)),
-            "ss_network_alpha": str(alphas.get("lora_unet_", next(iter(alphas.values()))))}
+            "ss_network_alpha": str(alphas.get("unet", next(iter(alphas.values()))))}
     return tensors, meta
-
-
-def _sd1_name(key: str) -> str:
-    """Text-encoder keys as kohya's scripts write them for SD 1.x/2.x: `lora_te_text_model_encoder_layers_...`.
-
-    SD 1.x/2.x have one text encoder, lora_te_ (lora_te1_/lora_te2_ are SDXL's); and transformers 5's CLIPTextModel
-    has no `text_model.` level in its module names, which webuis' key maps expect.
-    """
-    for prefix in ("lora_te1_", "lora_te_"):
-        if key.startswith(prefix):
-            rest = key[len(prefix):]
-            return "lora_te_" + (rest if rest.startswith("text_model_") else "text_model_" + rest)
-    return key
 
 
 def replace_token(prompt: str, token: str, word: str) -> str:
@@ -175,6 +207,18 @@ def export_name(name: str | None, folder: Path) -> str:
         raise InputError(f"--name {name!r}: use letters, digits, '_', '-' or '.' (at most 64, no leading symbol); "
                          "it becomes the file names and the webui's trigger word")
     return name
+
+
+def _check_family(folder: Path, meta: dict, model: str) -> None:
+    """InputError when --model is of another base-model family than the concept (its webui files are laid out for
+    the concept's family: an SD embedding has no clip_g, an SDXL LoRA names blocks SD does not have)."""
+    from ..families import family_named
+    from ..pipeline import model_family
+
+    fam, made_for = model_family(model), family_named(meta.get("family", "sd"))
+    if fam.name != made_for.name:
+        raise InputError(f"--concept {folder} was made for a {made_for.label} base model ({meta.get('base_model')!r}); "
+                         f"--model {model} is {fam.label}: concepts do not carry over between families")
 
 
 def export_concept(concept: str | Path, out: str | Path, *, name: str | None = None, model: str | None = None,
@@ -203,6 +247,8 @@ def export_concept(concept: str | Path, out: str | Path, *, name: str | None = N
     out = Path(out)
     if out.exists() and (out.is_file() or any(out.iterdir())):
         raise InputError(f"--out {out}: exists and is not empty; pick a new folder")
+    if model is not None:  # checked before any file is read, also for exports that load no pipeline (TI)
+        _check_family(folder, meta, model)
 
     def load_plain():
         from ..pipeline import load_pipeline

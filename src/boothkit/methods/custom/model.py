@@ -2,6 +2,8 @@
 
 Each cross-attention layer (`attn2`) gets diffusers' CustomDiffusionAttnProcessor2_0, whose own K/V (and, with
 train_q_out, Q/out) projections start as copies of the layer's weights: the model starts exactly as the base model.
+The projections read the context at its own width (SD: the text encoder's; SDXL: both encoders' states concatenated),
+and the modifier token is added to every text encoder of the family (SDXL: both), its rows trained in each.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ...training.recipe import Recipe
-from ..ti.model import EmbeddingRows, add_tokens
+from ..ti.model import EmbeddingRows, add_tokens_per_encoder, rows_key
 
 
 def cross_attention_layers(unet) -> dict[str, torch.nn.Module]:
@@ -65,34 +67,41 @@ def processor_state(unet) -> dict[str, torch.Tensor]:
 
 
 class CustomRecipe(Recipe):
-    train_modules = ("unet", "text_encoder")
-
     def setup(self) -> None:
         cfg = self.cfg
+        slots = self.family.slots
         self.random_resize = cfg.random_resize
-        self.token_ids = {}
+        #: per slot: token -> its id in that slot's tokenizer (a one-element list)
+        self.slot_token_ids: list[dict[str, list[int]]] = [{} for _ in slots]
         for s in self.subjects:
-            self.token_ids[s.token] = add_tokens(self.tokenizer, self.text_encoder, [s.token], cfg.modifier_init)
-        self.rows = EmbeddingRows(self.text_encoder, [i for ids in self.token_ids.values() for i in ids])
+            for got, ids in zip(self.slot_token_ids,
+                                add_tokens_per_encoder(self.family, self, [s.token], cfg.modifier_init)):
+                got[s.token] = ids
+        self.slot_rows = [EmbeddingRows(getattr(self, slot.encoder), [i for ids in v.values() for i in ids])
+                          for slot, v in zip(slots, self.slot_token_ids)]
         self.processors = install_processors(self.unet, cfg.train_q_out)
         for proc in self.processors.values():
             proc.requires_grad_(True)
+        self.train_modules = ("unet",) + tuple(slot.encoder for slot in slots)
 
     def trainable_parameters(self):
-        return [p for proc in self.processors.values() for p in proc.parameters()] + [self.rows.emb]
+        return [p for proc in self.processors.values() for p in proc.parameters()] + [r.emb for r in self.slot_rows]
 
     def after_step(self) -> None:
-        self.rows.restore()
+        for r in self.slot_rows:
+            r.restore()
 
     def state_tensors(self):
-        return {**{f"unet.{k}": v for k, v in processor_state(self.unet).items()}, "embeddings": self.rows.rows()}
+        rows = {rows_key(i, slot): r.rows() for i, (slot, r) in enumerate(zip(self.family.slots, self.slot_rows))}
+        return {**{f"unet.{k}": v for k, v in processor_state(self.unet).items()}, **rows}
 
     def load_state_tensors(self, tensors):
         with torch.no_grad():
             for name, proc in self.processors.items():
                 for k, p in proc.named_parameters():
                     p.copy_(tensors[f"unet.{name}.{k}"])
-        self.rows.load(tensors["embeddings"])
+        for i, (slot, r) in enumerate(zip(self.family.slots, self.slot_rows)):
+            r.load(tensors[rows_key(i, slot)])
 
     def save_artifact(self, folder) -> dict:
         from .artifact import save

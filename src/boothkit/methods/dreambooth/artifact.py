@@ -40,8 +40,9 @@ def load(pipe, folder: Path, meta: dict) -> None:
 
 def export_webui(ctx):
     """A LoRA extracted from the fine-tuned weights (methods/webui.py), as kohya's extract_lora_from_models does:
-    the changes of the UNet transformer blocks' linear layers (and the text encoder's, when it was trained), fitted
-    at the export's rank. export.json says how much of the whole change that leaves out."""
+    the changes of the UNet transformer blocks' linear layers (and each trained text encoder's: SDXL's two), fitted
+    at the export's rank, in the family's kohya names. export.json says how much of the whole change that leaves
+    out."""
     from ...inputs import InputError
     from ..webui import DREAMBOOTH_RANK, WebuiFiles, lowrank_lora
 
@@ -64,7 +65,7 @@ def export_webui(ctx):
             kept2 += n2
     if not deltas:
         raise InputError(f"{ctx.folder}: no linear layer of the transformer blocks changed; nothing to extract")
-    tensors, info, err = lowrank_lora(deltas, rank=DREAMBOOTH_RANK if ctx.options.get("rank") is None
+    tensors, info, err = lowrank_lora(base, deltas, rank=DREAMBOOTH_RANK if ctx.options.get("rank") is None
                                       else ctx.options["rank"])
     token, cls = ctx.meta["tokens"][0], ctx.meta.get("class", "")
     return WebuiFiles(prompt=f"{ctx.meta['prompt']} <lora:{ctx.name}:1>", files={f"lora/{ctx.name}": tensors},
@@ -76,8 +77,8 @@ def export_webui(ctx):
 
 
 def _lora_layer(module_name: str, path: str, module) -> bool:
-    """A linear layer kohya's SD LoRA covers: in the UNet's transformer blocks (attention, feed-forward, projections);
-    in the text encoder's attention and MLP."""
+    """A linear layer kohya's LoRA covers: in the UNet's transformer blocks (attention, feed-forward, projections);
+    in a text encoder's attention and MLP (not SDXL's text_projection)."""
     import torch
 
     layer = module.get_submodule(path)

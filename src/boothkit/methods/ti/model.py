@@ -1,7 +1,9 @@
 """What Textual Inversion trains: the embedding rows of a new placeholder token, nothing else.
 
-The whole embedding matrix has requires_grad (that is how nn.Embedding works), so after every optimizer step the
-rows of all other tokens are copied back from a saved original: they stay bit-identical (a test checks).
+The token is added to every text encoder of the family (SD: one; SDXL: both, one embedding per encoder, trained
+together, as diffusers' train_textual_inversion_sdxl.py does). The whole embedding matrix has requires_grad (that is
+how nn.Embedding works), so after every optimizer step the rows of all other tokens are copied back from a saved
+original: they stay bit-identical (a test checks).
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ def add_tokens(tokenizer, text_encoder, tokens: list[str], init_word: str) -> li
     return ids
 
 
+def add_tokens_per_encoder(family, holder, tokens: list[str], init_word: str) -> list[list[int]]:
+    """add_tokens in every (tokenizer, text encoder) pair of the family; holder: the pipeline or a recipe (whatever
+    has the slots' attributes). -> the new ids, one list per slot."""
+    return [add_tokens(getattr(holder, s.tokenizer), getattr(holder, s.encoder), tokens, init_word)
+            for s in family.slots]
+
+
 def expand_prompt(prompt: str, token: str, n: int) -> str:
     """'a photo of <t> dog' -> 'a photo of <t> <t>_1 <t>_2 dog' (what the pipeline's loader does at inference)."""
     return prompt.replace(token, " ".join(token_names(token, n))) if n > 1 else prompt
@@ -62,30 +71,41 @@ class EmbeddingRows:
         self.emb[self.ids.to(self.emb.device)] = rows.to(self.emb.device, self.emb.dtype)
 
 
-class TIRecipe(Recipe):
-    train_modules = ("text_encoder",)
+def rows_key(i: int, slot) -> str:
+    """Checkpoint key of slot i's trained rows ("embeddings" for the first encoder, as before SDXL)."""
+    return "embeddings" if i == 0 else f"embeddings.{slot.encoder}"
 
+
+class TIRecipe(Recipe):
     def setup(self) -> None:
         cfg = self.cfg
-        self.vectors = {}
+        slots = self.family.slots
+        #: per slot: token -> the ids of its vectors in that slot's tokenizer; `vectors` is the first slot's
+        self.slot_vectors: list[dict[str, list[int]]] = [{} for _ in slots]
         for s in self.subjects:
             names = token_names(s.token, cfg.num_vectors)
-            ids = add_tokens(self.tokenizer, self.text_encoder, names, cfg.init_token or s.class_noun)
-            self.vectors[s.token] = ids
+            for got, ids in zip(self.slot_vectors, add_tokens_per_encoder(self.family, self, names,
+                                                                          cfg.init_token or s.class_noun)):
+                got[s.token] = ids
             s.images.map_prompts(lambda p, s=s: expand_prompt(p, s.token, cfg.num_vectors))
-        self.rows = EmbeddingRows(self.text_encoder, [i for ids in self.vectors.values() for i in ids])
+        self.vectors = self.slot_vectors[0]
+        self.slot_rows = [EmbeddingRows(getattr(self, slot.encoder), [i for ids in v.values() for i in ids])
+                          for slot, v in zip(slots, self.slot_vectors)]
+        self.train_modules = tuple(slot.encoder for slot in slots)
 
     def trainable_parameters(self):
-        return [self.rows.emb]
+        return [r.emb for r in self.slot_rows]
 
     def after_step(self) -> None:
-        self.rows.restore()
+        for r in self.slot_rows:
+            r.restore()
 
     def state_tensors(self):
-        return {"embeddings": self.rows.rows()}
+        return {rows_key(i, slot): r.rows() for i, (slot, r) in enumerate(zip(self.family.slots, self.slot_rows))}
 
     def load_state_tensors(self, tensors):
-        self.rows.load(tensors["embeddings"])
+        for i, (slot, r) in enumerate(zip(self.family.slots, self.slot_rows)):
+            r.load(tensors[rows_key(i, slot)])
 
     def save_artifact(self, folder) -> dict:
         from .artifact import save
