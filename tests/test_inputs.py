@@ -61,7 +61,7 @@ def test_missing_folder(tmp_path):
 
 def test_only_non_images(tmp_path):
     (tmp_path / "notes.md").write_text("hello")
-    with pytest.raises(InputError, match="notes.md.*not a supported image type"):
+    with pytest.raises(InputError, match=r"notes.md: not a JPEG, PNG or WebP image \(it is text\)"):
         load_subject_images(tmp_path)
     (tmp_path / "notes.md").unlink()
     (tmp_path / "a.txt").write_text("sks dog")  # a caption file is not a photo either
@@ -106,7 +106,7 @@ def test_bad_files_skipped_with_a_warning_naming_each(tmp_path):
     assert len(images) == 2
     msgs = [str(w.message) for w in rec if "skipped" in str(w.message)]
     assert len(msgs) == 2 and all("\n" not in m for m in msgs)  # one line per file: the file and the reason
-    assert any("readme.md: not a supported image type" in m for m in msgs)
+    assert any("readme.md: not a JPEG, PNG or WebP image" in m for m in msgs)
     assert any("tiny.png: 10x10 is too small" in m for m in msgs)
 
 

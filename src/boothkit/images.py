@@ -67,16 +67,18 @@ def _megapixels(n: int) -> str:
     return f"{v:.3g} MP" if v < 1000 else f"{v:,.0f} MP"
 
 
-def _open(data: bytes):
-    """Pillow's image object for `data`, from the FORMATS plugins only, header read, no pixel decoded. Built from
-    the plugins' own factories (as Image.open does) but without Image.open's decompression-bomb check: decode
-    applies its own limit, with its own message, and Pillow's warning must not print first."""
+def _open(fp):
+    """Pillow's image object for the stream `fp`, from the FORMATS plugins only, header read, no pixel decoded.
+    Built from the plugins' own factories (as Image.open does) but without Image.open's decompression-bomb check:
+    decode applies its own limit, with its own message, and Pillow's warning must not print first."""
     Image.init()
-    prefix = data[:16]
+    fp.seek(0)
+    prefix = fp.read(16)
     for fmt in FORMATS:
         factory, accept = Image.OPEN[fmt]
         if accept is None or accept(prefix) is True:
-            return factory(io.BytesIO(data), "")
+            fp.seek(0)
+            return factory(fp, "")
     raise Image.UnidentifiedImageError("no JPEG, PNG or WebP signature")
 
 
@@ -127,22 +129,25 @@ def decode(source: str | Path | bytes, name: str | None = None, *, min_side: int
     (its `.reason` is one of REASONS).
     """
     label = str(name if name is not None else (source if not isinstance(source, (bytes, bytearray)) else "photo"))
-    if isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-    else:
-        try:
-            data = Path(source).read_bytes()
-        except OSError as e:
-            raise _input_error(label, "unreadable", f"cannot be read ({e.strerror or e})") from e
-    if not data:
+    try:
+        # a file is read as it is decoded: a big file that is no photo (a video beside the photos) costs a header
+        fp = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
+    except OSError as e:
+        raise _input_error(label, "unreadable", f"cannot be read ({e.strerror or e})") from e
+    with fp:
+        return _decode(fp, label, min_side, max_pixels, with_alpha)
+
+
+def _decode(fp, label: str, min_side: int, max_pixels: int, with_alpha: bool):
+    if not fp.read(1):
         raise _input_error(label, "empty", "the file is empty (0 bytes)")
     try:
-        probe = _open(data)
+        probe = _open(fp)
         w, h = probe.size
         frames = _is_animated(probe)
-        probe.close()
     except Image.UnidentifiedImageError as e:
-        raise _input_error(label, "format", "not a JPEG, PNG or WebP image" + _what_it_is(data)) from e
+        fp.seek(0)
+        raise _input_error(label, "format", "not a JPEG, PNG or WebP image" + _what_it_is(fp.read(512))) from e
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
         raise _input_error(label, "corrupt", f"not a readable image ({e})") from e
     if w * h > max_pixels:
@@ -156,11 +161,11 @@ def decode(source: str | Path | bytes, name: str | None = None, *, min_side: int
         raise _input_error(label, "animated", f"animated ({frames} frames); boothkit reads still photos: save "
                            "one frame as PNG or JPEG")
     try:
-        with _open(data) as im:
-            im.load()  # decodes every byte: truncated files fail here
-            im = ImageOps.exif_transpose(im)
-            rgb = to_rgb(im)
-            alpha = alpha_of(im) if with_alpha else None
+        im = _open(fp)
+        im.load()  # decodes every byte: truncated files fail here
+        im = ImageOps.exif_transpose(im)
+        rgb = to_rgb(im)
+        alpha = alpha_of(im) if with_alpha else None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
         raise _input_error(label, "corrupt", f"corrupt or truncated image ({e})") from e
     return (rgb, alpha) if with_alpha else rgb

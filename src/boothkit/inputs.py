@@ -41,15 +41,11 @@ def load_image(path: str | Path, min_side: int = MIN_SIDE, max_pixels: int = MAX
 
 
 def _read(path, min_side: int, max_pixels: int):
-    """-> (RGB image, alpha mask or None) of one photo file, after the extension check."""
+    """-> (RGB image, alpha mask or None) of one photo file. What the file holds decides, not its name: a PNG
+    named .jpg is read, a GIF named .png is refused as a GIF (boothkit.images.decode)."""
     from .images import decode
 
-    path = Path(path)
-    if path.suffix.lower() not in EXTENSIONS:
-        e = InputError(f"{path}: not a supported image type (use {', '.join(EXTENSIONS)})")
-        e.reason = "format"
-        raise e
-    return decode(path, min_side=min_side, max_pixels=max_pixels, with_alpha=True)
+    return decode(Path(path), min_side=min_side, max_pixels=max_pixels, with_alpha=True)
 
 
 def load_subject_images(images: str | Path | list, min_images: int = 1, max_images: int = MAX_IMAGES,
