@@ -50,7 +50,7 @@ def tune(
     model: str = MODEL,
 ):
     """Personalise a model on subject photos; writes concept.json + weights in diffusers formats to --out."""
-    from ..inputs import InputError
+    from ..inputs import InputError, check_out
     from ..methods import METHODS, tune as run_tune
     from ..training.loop import TrainingError
 
@@ -80,6 +80,11 @@ def tune(
                 raise InputError(f"--concept {c!r}: expected IMAGES=CLASS (a folder or a photo, then its class noun)")
             d, cls = c.rsplit("=", 1)
             subjects.append((d, cls))
+        checked = METHODS[method].config.from_dict(cfg)  # the quick checks first (tune repeats them), so that a
+        if steps is not None:  # typo is not reported after the photos were looked at
+            checked.steps = steps
+        checked.validate()
+        check_out(out)
         for imgs, cls in [(images_arg(images), class_noun)] + subjects:
             warn_subject(imgs, cls, model)  # the world model: a class noun it never read, photos unlike its scenes
         path = run_tune(method, images_arg(images), class_noun, out, model=model, steps=steps,
