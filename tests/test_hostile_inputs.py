@@ -203,3 +203,16 @@ def test_tune_instantbooth_end_to_end_on_the_world_model(tmp_path):
                   "Loading", "\r"):
         assert noise not in r.stderr, noise
     assert "concept written to" in r.stdout
+
+
+def test_app_warns_about_what_the_world_model_cannot_know(server):
+    r = upload(server.url, {"name": "ratwarn", "class_noun": "rat", "method": "record"}, world_photos(2))
+    assert r.status == 202, r
+    (warning,) = r.json()["warnings"]
+    assert warning.startswith("class_noun 'rat': the world model never read the word 'rat'")
+    real = Path(__file__).parent / "data" / "dreambench" / "dog"
+    photos = [(p.name, p.read_bytes(), "image/jpeg") for p in sorted(real.glob("*.jpg"))]
+    r = upload(server.url, {"name": "realdog", "class_noun": "animal", "method": "record"}, photos)
+    assert r.status == 202, r
+    (warning,) = r.json()["warnings"]
+    assert warning.startswith("the photos look unlike anything the world model was trained on")
