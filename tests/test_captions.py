@@ -20,7 +20,9 @@ from conftest import FAST
 def _photos(folder, captions: dict[str, str | None]):
     folder.mkdir(parents=True, exist_ok=True)
     for i, (stem, text) in enumerate(captions.items()):
-        Image.new("RGB", (72, 72), (40 * i, 90, 200)).save(folder / f"{stem}.png")
+        im = Image.new("RGB", (72, 72), (40 * i, 90, 200))
+        im.paste((250, 250, 250), (20, 20, 50, 50))  # something in the picture (a one-colour photo is blank)
+        im.save(folder / f"{stem}.png")
         if text is not None:
             (folder / f"{stem}.txt").write_text(text)
     return folder

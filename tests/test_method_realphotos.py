@@ -71,4 +71,4 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, subject_photos):
     assert r.exit_code == 2 and "not a boothkit concept folder" in r.output
     r = CliRunner().invoke(app, ["tune", "--method", "lora", "--images", str(tmp_path / "none"), "--class", "x",
                                  "--out", str(tmp_path / "o")])
-    assert r.exit_code == 2 and "no such folder" in r.output
+    assert r.exit_code == 2 and "none: no such file or folder" in r.output

@@ -61,13 +61,11 @@ def generate_images(pipe, prompt: str, cfg: GenerateConfig, **pipe_kwargs):
     scale = int(pipe.vae_scale_factor)
     if h % scale or w % scale:
         raise UsageError(f"height and width must be multiples of {scale} for this model (got {h}x{w})")
-    from tqdm.auto import tqdm
-
     from . import progress
 
     images = []
     gen_device = "cpu"  # CPU generators give the same noise on every device
-    for i in tqdm(range(cfg.n), desc="generating", unit="img", disable=cfg.n == 1 or not progress.enabled()):
+    for i in progress.bar(range(cfg.n), desc="generating", unit="img", disable=cfg.n == 1):
         g = torch.Generator(gen_device).manual_seed(cfg.seed + i)
         out = pipe(prompt, height=h, width=w, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
                    negative_prompt=cfg.negative_prompt, generator=g, **pipe_kwargs)

@@ -35,22 +35,29 @@ class Skipped:
 
 def load_image(path: str | Path, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """One photo -> RGB PIL image with EXIF orientation applied (boothkit.images.decode, the one decoder).
-    Raises InputError saying what is wrong."""
+    Raises InputError saying what is wrong. A blank photo is returned as it is: the subject-photo loaders below
+    decide what a blank photo in a set means (images.blank_reason)."""
+    return _read(path, min_side, max_pixels)[0]
+
+
+def _read(path, min_side: int, max_pixels: int):
+    """-> (RGB image, alpha mask or None) of one photo file. What the file holds decides, not its name: a PNG
+    named .jpg is read, a GIF named .png is refused as a GIF (boothkit.images.decode)."""
     from .images import decode
 
-    path = Path(path)
-    if path.suffix.lower() not in EXTENSIONS:
-        raise InputError(f"{path}: not a supported image type (use {', '.join(EXTENSIONS)})")
-    return decode(path, min_side=min_side, max_pixels=max_pixels)
+    return decode(Path(path), min_side=min_side, max_pixels=max_pixels, with_alpha=True)
 
 
 def load_subject_images(images: str | Path | list, min_images: int = 1, max_images: int = MAX_IMAGES,
                         min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS) -> list[Image.Image]:
-    """A folder of photos (or a list of files) -> RGB images, sorted by file name.
+    """Subject photos -> RGB images: `images` is a folder of photos, one photo file, or a list of folders and
+    photo files (a folder's photos sorted by file name, in the list's order).
 
-    Bad files are skipped with one warning naming each of them, as long as at least `min_images` good ones remain;
-    otherwise an InputError lists every problem. Caption files (`.txt`, see `load_captioned_images`) are not
-    photos: they are left out, with a warning that says how to train with them.
+    Bad files (not an image, corrupt, too small or too large) and blank photos (fully transparent, or a single
+    colour: images.blank_reason) are skipped with one warning each, naming the file and the reason, as long as at
+    least `min_images` good ones remain; otherwise an InputError lists every problem, so a set of only blank
+    photos is refused. Caption files (`.txt`, see `load_captioned_images`) are not photos: in a folder they are
+    left out, with a warning that says how to train with them; named on their own they are an error.
     """
     return [im for _, im in _subject_files(images, min_images, max_images, min_side, max_pixels, captions=False)]
 
@@ -91,22 +98,34 @@ def load_captioned_images(images: str | Path | list, token: str, min_images: int
     return [im for _, im in pairs], captions
 
 
-def _subject_files(images, min_images, max_images, min_side, max_pixels, captions: bool) -> list[tuple]:
-    """-> [(file, RGB image)] of the usable photos, sorted by file name (see load_subject_images)."""
-    if isinstance(images, (list, tuple)):
-        files = [Path(p) for p in images]
-        where = "the given files"
-    else:
-        folder = Path(images)
-        where = str(folder)
-        if not folder.exists():
-            raise InputError(f"--images {folder}: no such folder")
-        if folder.is_file():
-            files = [folder]
+def _photo_files(images) -> tuple[list[Path], list[Path], str, bool]:
+    """--images (a folder, a file, or a list of them) -> (photo files, caption files found in folders, how
+    messages name the input, whether it is one folder)."""
+    items = [Path(p) for p in images] if isinstance(images, (list, tuple)) else [Path(images)]
+    if not items:
+        raise InputError("--images: no folder or photo given")
+    where = str(items[0]) if len(items) == 1 else ", ".join(map(str, items[:3])) + (" ..." if len(items) > 3 else "")
+    files, texts = [], []
+    for item in items:
+        if not item.exists():
+            raise InputError(f"--images {item}: no such file or folder")
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and not p.name.startswith("."))
+            texts += [f for f in found if f.suffix.lower() == CAPTION_EXT]
+            files += [f for f in found if f.suffix.lower() != CAPTION_EXT]
+        elif item.suffix.lower() == CAPTION_EXT:
+            raise InputError(f"--images {item}: a caption file ({CAPTION_EXT}), not a photo: give photos "
+                             f"({', '.join(EXTENSIONS)}) or a folder of them")
         else:
-            files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    texts = [f for f in files if f.suffix.lower() == CAPTION_EXT]
-    files = [f for f in files if f.suffix.lower() != CAPTION_EXT]
+            files.append(item)
+    return files, texts, where, len(items) == 1 and items[0].is_dir()
+
+
+def _subject_files(images, min_images, max_images, min_side, max_pixels, captions: bool) -> list[tuple]:
+    """-> [(file, RGB image)] of the usable photos (see load_subject_images)."""
+    from .images import blank_reason
+
+    files, texts, where, one_folder = _photo_files(images)
     if texts and not captions:
         warnings.warn(f"--images {where}: {len(texts)} caption file(s) ({CAPTION_EXT}) left out; pass --captions to "
                       "train with them", stacklevel=3)
@@ -116,17 +135,28 @@ def _subject_files(images, min_images, max_images, min_side, max_pixels, caption
     good, skipped = [], []
     for f in files:
         try:
-            good.append((f, load_image(f, min_side=min_side, max_pixels=max_pixels)))
+            rgb, alpha = _read(f, min_side, max_pixels)
         except InputError as e:
             skipped.append(Skipped(f, str(e)))
+            continue
+        blank = blank_reason(rgb, alpha)
+        if blank:
+            skipped.append(Skipped(f, f"{f}: {blank} (nothing to learn from)"))
+        else:
+            good.append((f, rgb))
     if len(good) < min_images:
+        if len(files) == 1 and not one_folder:  # the one photo named on its own
+            raise InputError(f"--images {skipped[0].reason}")
+        if len(skipped) == 1 and not good:
+            raise InputError(f"--images {where}: no usable photo: {skipped[0].reason}")
         detail = "\n  ".join(s.reason for s in skipped)
+        if not good and all(": blank: " in s.reason for s in skipped):
+            raise InputError(f"--images {where}: every photo is blank (nothing to learn from):\n  {detail}")
         raise InputError(f"--images {where}: {len(good)} usable photo(s), need at least {min_images}:\n  {detail}")
     if len(good) > max_images:
         raise InputError(f"--images {where}: {len(good)} photos; use at most {max_images}")
-    if skipped:
-        warnings.warn("skipped " + str(len(skipped)) + " file(s):\n  " + "\n  ".join(s.reason for s in skipped),
-                      stacklevel=3)
+    for s in skipped:  # one line each: the file and the reason
+        warnings.warn(f"skipped {s.reason}", stacklevel=3)
     return good
 
 
@@ -145,7 +175,8 @@ def is_concept(path: str | Path) -> bool:
 
 
 def check_out(out: str | Path, overwrite_concept: bool = True) -> Path:
-    """--out must not exist, be an empty folder, or be a concept folder (which a new run replaces)."""
+    """--out must not exist, be an empty folder, or be a concept folder (which a new run replaces). Nothing is
+    created here: the folder (and its parents) appear only when the finished result is moved into place."""
     out = Path(out)
     if out.exists():
         if out.is_file():
@@ -155,13 +186,23 @@ def check_out(out: str | Path, overwrite_concept: bool = True) -> Path:
                              "pick a new folder")
         if is_concept(out) and not overwrite_concept:
             raise InputError(f"--out {out}: a concept already exists there")
-    parent = out.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"--out {out}: cannot create its parent folder: {e.strerror or e}") from e
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"--out {out}: {parent} is not writable")
+    check_creatable(out)
+    return out
+
+
+def check_creatable(out: str | Path, flag: str = "--out") -> Path:
+    """`out` is a folder, or can be made one: the nearest folder above it that exists is writable (nothing is
+    created; commands create their output only once their inputs are known good). InputError saying why not."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{flag} {out} is not writable: it is a file, not a folder")
+    here = out.resolve() if out.exists() else out.resolve().parent
+    while not here.exists():
+        here = here.parent
+    if not here.is_dir():
+        raise InputError(f"{flag} {out} is not writable: {here} is a file, not a folder")
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {out} is not writable: {here} is not writable")
     return out
 
 

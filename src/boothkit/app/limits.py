@@ -1,19 +1,18 @@
 """What the app accepts: size limits, safe image decoding and concept-name checks.
 
 Everything here raises `RequestError` (an HTTP status + a sentence naming what is wrong); nothing is silently
-fixed. Images are decoded by Pillow from an allow-list of formats, with a pixel limit checked from the header
-before any pixel is decoded, then verified and fully decoded; the app only ever stores its own PNG re-encoding.
+fixed. Photos are decoded by boothkit.images.decode, as on the command line (an allow-list of formats, a pixel
+limit checked from the header before any pixel is decoded, a full decode); the app only ever stores its own PNG
+re-encoding of the decoded pixels.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import re
-import warnings
 from dataclasses import dataclass
 
-from PIL import Image
+from ..images import FORMATS
 
 
 class RequestError(ValueError):
@@ -55,46 +54,29 @@ class Limits:
         return self.max_images * self.max_upload_bytes + 1024 * 1024
 
 
-#: Formats a photo may be in. Pillow decodes only these; anything else (including formats with loader plugins
-#: that parse more than pixels, like EPS) is refused.
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+#: Formats a photo may be in (boothkit.images.FORMATS: the one decoder's allow-list).
+IMAGE_FORMATS = FORMATS
 
 
-def decode_image(data: bytes, filename: str, limits: Limits) -> Image.Image:
-    """Bytes of an uploaded photo -> a fully decoded RGB image, or RequestError naming the file and the problem."""
-    label = repr(filename or "upload")
-    if len(data) == 0:
-        raise RequestError(f"photo {label} is empty")
+def decode_image(data: bytes, filename: str, limits: Limits, *, with_alpha: bool = False):
+    """Bytes of an uploaded photo -> a fully decoded RGB image (with_alpha: (RGB, alpha mask or None)), or
+    RequestError naming the file and the problem.
+
+    The decoding is boothkit.images.decode, the one decoder the command line uses too (same rules: EXIF
+    orientation, transparency on white, 16-bit rescaled; same messages), under the app's own byte and pixel
+    limits: over a limit is 413, anything else wrong 400.
+    """
+    from ..images import decode
+    from ..inputs import InputError
+
+    label = f"photo {filename or 'upload'!r}"
     if len(data) > limits.max_upload_bytes:
-        raise RequestError(f"photo {label} is larger than the limit of {limits.max_upload_bytes} bytes", 413)
+        raise RequestError(f"{label}: larger than the limit of {limits.max_upload_bytes} bytes", 413)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as probe:
-                w, h = probe.size
-                _check_pixels(w, h, label, limits)
-                probe.verify()  # structure and checksums, without decoding the pixels
-            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
-                _check_pixels(*im.size, label, limits)
-                im.load()
-                rgb = im.convert("RGB")
-    except RequestError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise RequestError(f"photo {label} has too many pixels: {e}", 413) from e
-    except Image.UnidentifiedImageError as e:
-        raise RequestError(f"photo {label} is not a {', '.join(IMAGE_FORMATS)} image") from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise RequestError(f"photo {label} could not be decoded (truncated or corrupt): {e}") from e
-    return rgb
-
-
-def _check_pixels(w: int, h: int, label: str, limits: Limits) -> None:
-    if w * h > limits.max_upload_pixels:
-        raise RequestError(f"photo {label} is {w}x{h} = {w * h} pixels; the limit is {limits.max_upload_pixels}",
-                           413)
-    if min(w, h) < limits.min_upload_side:
-        raise RequestError(f"photo {label} is {w}x{h}; each side must be at least {limits.min_upload_side} pixels")
+        return decode(data, label, min_side=limits.min_upload_side, max_pixels=limits.max_upload_pixels,
+                      with_alpha=with_alpha)
+    except InputError as e:
+        raise RequestError(str(e), 413 if getattr(e, "reason", None) == "too_large" else 400) from e
 
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")

@@ -29,6 +29,7 @@ PAGE = r"""<!doctype html>
   .thumbs img { width: 64px; height: 64px; object-fit: cover; border: 1px solid var(--line); border-radius: 4px;
                 image-rendering: pixelated; }
   .msg { margin-top: 8px; min-height: 1.2em; } .msg.bad { color: var(--bad); } .msg.ok { color: var(--ok); }
+  .msg.warn { color: #9a6700; white-space: pre-line; }
   progress { width: 100%; height: 12px; }
   table { width: 100%; border-collapse: collapse; } td, th { text-align: left; padding: 4px; border-bottom: 1px solid
           var(--line); font-size: 13px; } th { color: var(--mut); font-weight: 500; }
@@ -71,6 +72,7 @@ PAGE = r"""<!doctype html>
       <progress id="job-progress" data-testid="job-progress" max="1" value="0"></progress>
     </div>
     <div class="msg" id="create-msg" data-testid="create-msg"></div>
+    <div class="msg warn" id="create-warnings" data-testid="create-warnings"></div>
   </section>
   <section style="margin-top:16px">
     <h2>Concept library</h2>
@@ -157,10 +159,11 @@ $("create").addEventListener("click", async () => {
   if ($("tune-steps").value) fd.append("steps", $("tune-steps").value);
   if ($("method-config").value.trim()) fd.append("config", $("method-config").value.trim());
   if ($("identifier").value.trim()) fd.append("identifier", $("identifier").value.trim());
-  $("create").disabled = true; say("create-msg", "uploading…");
+  $("create").disabled = true; say("create-msg", "uploading…"); $("create-warnings").textContent = "";
   try {
     const r = await api("/api/concepts", {method: "POST", body: fd});
     say("create-msg", "job " + r.job.id + " started for <" + r.concept + ">");
+    $("create-warnings").textContent = (r.warnings || []).map((w) => "warning: " + w).join("\n");
     await watchJob(r.job.id);
   } catch (e) { say("create-msg", e.message, "bad"); }
   finally { $("create").disabled = false; }

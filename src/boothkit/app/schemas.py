@@ -54,6 +54,8 @@ class Concept(BaseModel):
 class ConceptCreated(BaseModel):
     concept: str
     job: Job
+    warnings: list[str] = Field(default_factory=list, description="one line each: a photo skipped (blank) and why; "
+                                "on the world model, a class noun it never read or photos unlike its scenes")
 
 
 class Rename(BaseModel):

@@ -195,7 +195,7 @@ def create_app(cfg: AppConfig) -> FastAPI:
         for f in files:
             data = await f.read(limits.max_upload_bytes + 1)
             raw.append((f.filename or f"photo {len(raw) + 1}", data))
-        images = await run_in_threadpool(lambda: [decode_image(d, fn, limits) for fn, d in raw])
+        images, notes = await run_in_threadpool(read_photos, raw, noun)
         taken = store.name_taken(name)
         if taken:
             raise RequestError(taken, 409)
@@ -211,7 +211,35 @@ def create_app(cfg: AppConfig) -> FastAPI:
             shutil.rmtree(store.job_dir(job_id), ignore_errors=True)
             raise RequestError(str(e), 409) from e
         runner.notify()
-        return {"concept": name, "job": _job_out(job)}
+        for note in notes:
+            log.warning("concept %r: %s", name, note)
+        return {"concept": name, "job": _job_out(job), "warnings": notes}
+
+    def read_photos(raw: list[tuple[str, bytes]], noun: str) -> tuple[list, list[str]]:
+        """Uploads -> (the photos to train on, warnings). The command line's rules (boothkit.images and
+        boothkit.inputs): a bad file refuses the request; a blank photo among good ones is skipped with a warning,
+        only blank ones refuse it; on the world model, a class noun it never read or photos unlike its scenes warn
+        (boothkit.domain)."""
+        from ..domain import subject_warnings
+        from ..images import blank_reason
+
+        images, notes, blank = [], [], []
+        for fn, data in raw:
+            rgb, alpha = decode_image(data, fn, limits, with_alpha=True)
+            why = blank_reason(rgb, alpha)
+            if why:
+                blank.append(f"photo {fn!r}: {why} (nothing to learn from)")
+            else:
+                images.append(rgb)
+        if not images:
+            raise RequestError(blank[0] if len(blank) == 1 else
+                               "every photo is blank (nothing to learn from): " + "; ".join(blank))
+        if len(images) < limits.min_images:
+            raise RequestError(f"{len(images)} usable photo(s), need at least {limits.min_images}: "
+                               + "; ".join(blank))
+        notes += [f"skipped {b}" for b in blank]
+        notes += subject_warnings(images, noun, cfg.model, flag="class_noun")
+        return images, notes
 
     @app.get("/api/concepts", response_model=list[schemas.Concept], tags=["concepts"])
     def list_concepts():

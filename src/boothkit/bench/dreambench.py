@@ -136,10 +136,9 @@ def _pairwise_mean(e: torch.Tensor) -> float:
 
 
 def run_dreambench(cfg: DreamBenchConfig) -> dict:
-    from tqdm.auto import tqdm
-
     from ..inputs import load_subject_images
     from ..pipeline import load_pipeline, model_family, model_hash
+    from ..progress import bar as progress_bar
     from ..world.render import to_pil
     from .report import plots
 
@@ -168,7 +167,6 @@ def run_dreambench(cfg: DreamBenchConfig) -> dict:
     steps = cfg.sample_steps or (50 if cfg.full else 25)
     methods = [m for m in check_methods(cfg.methods) if m != "ceiling"]
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     proto = {"protocol": "dreambench", "dataset": str(data), "subjects": found, "prompts_per_subject": n_prompts or 25,
              "seeds": seeds, "sample_steps": steps, "guidance": 7.5, "model": cfg.model,
              "family": model_family(cfg.model).name, "model_hash": model_hash(cfg.model), "clip": _name(cfg.clip), "dino": _name(cfg.dino),
@@ -177,6 +175,7 @@ def run_dreambench(cfg: DreamBenchConfig) -> dict:
     state = out / "bench.json"
     if state.exists() and json.loads(state.read_text())["protocol"] != proto:
         raise InputError(f"{out} holds a benchmark with another protocol: use another --out, or delete it")
+    out.mkdir(parents=True, exist_ok=True)  # only now: the model and the dataset are known good
     write_json_atomic(state, {"protocol": proto, "methods": methods})
     sim = SimilarityModels(cfg.clip, cfg.dino, cfg.device)
     ctx = RunContext(model=cfg.model, device=cfg.device, steps=steps, guidance=7.5, work=out / "work",
@@ -184,7 +183,7 @@ def run_dreambench(cfg: DreamBenchConfig) -> dict:
     base = None
     per_subject: dict[str, dict] = {m: {} for m in ["ceiling", *methods]}
     refs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    bar = tqdm([(m, s) for s in found for m in methods], desc="dreambench", disable=not cfg.progress)
+    bar = progress_bar([(m, s) for s in found for m in methods], desc="dreambench", disable=not cfg.progress)
     for method, subj in bar:
         cls = classes[subj]
         if subj not in refs:  # the real photos' features: once per subject, not once per method

@@ -132,11 +132,10 @@ def unit_path(out: Path, method: str, concept: Concept) -> Path:
 
 def run_world(cfg: BenchConfig) -> dict:
     """Run (or continue) a world benchmark; returns the aggregated results (also written to <out>)."""
-    from tqdm.auto import tqdm
-
     from ..eval.world import class_prototypes
     from ..judge import Judge
     from ..pipeline import load_pipeline, model_hash, resolve_model, world_path
+    from ..progress import bar as progress_bar
     from ..world.references import render_references
     from ..world.render import from_pil, to_pil
     from .report import write_report
@@ -150,7 +149,6 @@ def run_world(cfg: BenchConfig) -> dict:
                       seeds=cfg.seeds, sample_steps=cfg.sample_steps)
     subjects = P.subjects(preset)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     world_dir = Path(resolve_model(cfg.model))
     if not (world_dir / "world_clip").exists() or not (world_dir / "judge").exists():
         world_dir = world_path()  # a model retrained on the world without its judge: use the shipped judge
@@ -176,6 +174,7 @@ def run_world(cfg: BenchConfig) -> dict:
         commands = []
     if cfg.command and cfg.command not in commands and not cfg.report_only:
         commands.append(cfg.command)  # every invocation that contributed units
+    out.mkdir(parents=True, exist_ok=True)  # only now: the model and the protocol are known good
     write_json_atomic(state_file, {"protocol": proto, "methods": methods, "recipes": recipe, "commands": commands,
                                    "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     cfg.commands = commands
@@ -191,7 +190,7 @@ def run_world(cfg: BenchConfig) -> dict:
     units = [(m, s) for s in subjects for m in cfg.methods]  # this run's methods; the report covers all of them
     if cfg.report_only:
         units = []
-    bar = tqdm(units, desc="bench", disable=not cfg.progress, unit="unit")
+    bar = progress_bar(units, desc="bench", disable=not cfg.progress, unit="unit")
     for method, concept in bar:
         bar.set_postfix_str(f"{method} / {concept.name[:24]}")
         path = unit_path(out, method, concept)

@@ -32,10 +32,15 @@ def world(
     from ..pretrain.world.config import recipe as make_recipe
     from ..pretrain.world.train import pretrain_world
 
-    base = make_recipe(recipe if recipe != "auto" else "gpu", out=out)
-    cfg = replace(base, recipe=recipe, work=work or base.work, stages=tuple(s for s in stages.split(",") if s),
-                  seed=seed, device=device, workers=workers if workers >= 0 else base.workers, resume=resume,
-                  compile=compile)
+    from ..generate import UsageError
+
+    try:  # every check before anything is written
+        base = make_recipe(recipe if recipe != "auto" else "gpu", out=out)
+        cfg = replace(base, recipe=recipe, work=work or base.work, stages=tuple(s for s in stages.split(",") if s),
+                      seed=seed, device=device, workers=workers if workers >= 0 else base.workers, resume=resume,
+                      compile=compile)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
     typer.echo(json.dumps(pretrain_world(cfg), indent=1))
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .common import MODEL
+from .common import IMAGES_HELP, MODEL, images_arg, warn_subject
 
 
 def register(app: typer.Typer) -> None:
@@ -30,8 +30,8 @@ def _parse_set(items: list[str]) -> dict:
 
 def tune(
     method: str = typer.Option(..., "--method", help="dreambooth, lora, ti, custom, e4t or instantbooth."),
-    images: str = typer.Option(None, "--images", help="Folder of 1-20 subject photos (jpg/png/webp, any size). "
-                               "Required, as --class and --out are, unless --show-config."),
+    images: list[str] = typer.Option(None, "--images", help=IMAGES_HELP + " Required, as --class and --out are, "
+                                     "unless --show-config."),
     class_noun: str = typer.Option(None, "--class", help="The subject's class noun, e.g. dog."),
     out: str = typer.Option(None, "--out", "-o", help="Concept folder to write (e.g. concepts/NAME)."),
     steps: int = typer.Option(None, "--steps", help="Optimizer steps (overrides the recipe's default)."),
@@ -40,7 +40,8 @@ def tune(
     identifier: str = typer.Option(None, "--identifier",
                                    help="Token naming the subject (default: sks; <sks> for ti; <new1> for custom)."),
     concept: list[str] = typer.Option(None, "--concept",
-                                      help="More subjects trained jointly (custom only): IMAGES_DIR=CLASS, repeatable."),
+                                      help="More subjects trained jointly (custom only): IMAGES=CLASS (a folder or a "
+                                           "photo), repeatable."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint of this run."),
     captions: bool = typer.Option(False, "--captions", help="Train each photo with the caption file beside it "
                                   "(photo.txt, naming the subject by its identifier, kohya's way) instead of "
@@ -49,7 +50,7 @@ def tune(
     model: str = MODEL,
 ):
     """Personalise a model on subject photos; writes concept.json + weights in diffusers formats to --out."""
-    from ..inputs import InputError
+    from ..inputs import InputError, check_out
     from ..methods import METHODS, tune as run_tune
     from ..training.loop import TrainingError
 
@@ -76,11 +77,19 @@ def tune(
         subjects = []
         for c in concept or []:
             if "=" not in c:
-                raise InputError(f"--concept {c!r}: expected IMAGES_DIR=CLASS")
+                raise InputError(f"--concept {c!r}: expected IMAGES=CLASS (a folder or a photo, then its class noun)")
             d, cls = c.rsplit("=", 1)
             subjects.append((d, cls))
-        path = run_tune(method, images, class_noun, out, model=model, steps=steps, identifier=identifier,
-                        config=cfg, resume=resume, subjects=subjects or None, captions=captions)
+        checked = METHODS[method].config.from_dict(cfg)  # the quick checks first (tune repeats them), so that a
+        if steps is not None:  # typo is not reported after the photos were looked at
+            checked.steps = steps
+        checked.validate()
+        check_out(out)
+        for imgs, cls in [(images_arg(images), class_noun)] + subjects:
+            warn_subject(imgs, cls, model)  # the world model: a class noun it never read, photos unlike its scenes
+        path = run_tune(method, images_arg(images), class_noun, out, model=model, steps=steps,
+                        identifier=identifier, config=cfg, resume=resume, subjects=subjects or None,
+                        captions=captions)
     except (InputError, TrainingError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2)

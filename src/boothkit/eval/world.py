@@ -138,7 +138,7 @@ def evaluate_world(model: str = "world", n: int = 240, steps: int = 20, guidance
                    scheduler: str | None = None) -> dict:
     """Generate the fixed caption set with `model` (and `scheduler`, None: the model's own) and measure it.
     Returns the JSON-ready result."""
-    from tqdm.auto import tqdm
+    from ..progress import bar as progress_bar
 
     from ..judge import Judge
     from ..pipeline import load_pipeline, world_path
@@ -150,7 +150,7 @@ def evaluate_world(model: str = "world", n: int = 240, steps: int = 20, guidance
     scenes = eval_scenes(n)
     truth = renderer().render(SceneBatch.from_scenes(scenes))
     generated = []
-    for i in tqdm(range(0, n, batch), desc="eval world", disable=not progress):
+    for i in progress_bar(range(0, n, batch), desc="eval world", disable=not progress):
         chunk = scenes[i:i + batch]
         gens = [torch.Generator("cpu").manual_seed(i + j) for j in range(len(chunk))]
         out_imgs = pipe([s.caption for s in chunk], num_inference_steps=steps, guidance_scale=guidance,

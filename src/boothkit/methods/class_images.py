@@ -30,11 +30,9 @@ def class_images(pipe, model_hash: str, prompt: str, n: int, sample_steps: int =
     paths = [folder / f"{i:04d}.png" for i in range(n)]
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
     if missing:
-        from tqdm.auto import tqdm
-
         from .. import progress
 
-        bar = tqdm(total=len(missing), desc=f"class images ({prompt})", unit="img", disable=not progress.enabled())
+        bar = progress.bar(total=len(missing), desc=f"class images ({prompt})", unit="img")
         for k in range(0, len(missing), batch):
             ids = missing[k:k + batch]
             gens = [torch.Generator("cpu").manual_seed(i) for i in ids]

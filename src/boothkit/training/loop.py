@@ -118,7 +118,6 @@ def train(recipe, cfg, work_dir: str | Path, *, resume: bool = False, run_info: 
     Raises TrainingError on a NaN/inf loss, naming the step and the last good checkpoint.
     """
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
     work_dir = Path(work_dir)
     ck_root = work_dir / "checkpoints"
@@ -174,8 +173,8 @@ def train(recipe, cfg, work_dir: str | Path, *, resume: bool = False, run_info: 
     losses: list[float] = []
     t0 = time.perf_counter()
     last_good = latest_checkpoint(ck_root)
-    bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step",
-               disable=not (accelerator.is_main_process and progress_bars.enabled()))
+    bar = progress_bars.bar(total=cfg.steps, initial=start, desc="training", unit="step",
+                            disable=not accelerator.is_main_process)
     for step in range(start, cfg.steps):
         lr = lr_at(cfg, step)
         for group in opt.param_groups:

@@ -32,10 +32,10 @@ def pretraining_steps(cfg, *, start: int, work: Path, opt: torch.optim.Optimizer
     state() -> the model tensors of a checkpoint (the optimizer's are added here)
     cfg needs: steps, max_grad_norm, val_every, checkpoint_every, keep_checkpoints.
     """
-    from tqdm.auto import tqdm
+    from ..progress import bar as progress_bar
 
     with open(work / "train_log.jsonl", "a") as log, \
-            tqdm(total=cfg.steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+            progress_bar(total=cfg.steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True) as bar:
         fixed_first = fixed_losses()
         if fixed_first:
             log.write(json.dumps({"step": start, **fixed_first}) + "\n")

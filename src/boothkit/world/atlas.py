@@ -64,11 +64,11 @@ def _atlas_key() -> str:
 
 def build_atlas(progress: bool = True) -> torch.Tensor:
     """Rasterise every concept: uint8 tensor [N, 4, GLYPH, GLYPH] in all_concepts() order."""
-    from tqdm.auto import tqdm
+    from ..progress import bar as progress_bar
 
     font = _font()
     cells = []
-    for c in tqdm(all_concepts(), desc="rasterising glyphs", disable=not progress):
+    for c in progress_bar(all_concepts(), desc="rasterising glyphs", disable=not progress):
         arr = rasterize(c.text, font)
         if arr is None:
             raise RuntimeError(f"the OpenMoji font draws nothing for {c.id} ({c.name})")

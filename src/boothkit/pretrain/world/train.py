@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ...fileio import write_json_atomic
+from ...progress import bar as progress_bar
 from ...training.checkpoint import (latest_checkpoint, load_checkpoint, load_optimizer_tensors, optimizer_tensors,
                                     save_checkpoint)
 from ...world.atlas import load_atlas
@@ -114,7 +114,8 @@ class _Stage:
     def run(self, loss_fn) -> dict:
         self.dir.mkdir(parents=True, exist_ok=True)
         loader = scene_loader(self.stream, _workers(self.cfg, self.device))
-        bar = tqdm(total=self.stage.steps, initial=self.start, desc=f"pretrain {self.name}", dynamic_ncols=True)
+        bar = progress_bar(total=self.stage.steps, initial=self.start, desc=f"pretrain {self.name}",
+                           dynamic_ncols=True)
         t0, step, ema_loss = time.time(), self.start, None
         it = iter(loader)
         while step < self.stage.steps:
