@@ -142,6 +142,8 @@ def test_tune_show_config_needs_no_photos_and_a_tune_without_them_is_a_usage_err
      "notes.txt: a caption file (.txt), not a photo"),
     (["tune", "--method", "lora", "--images", "{photos}", "--class", "dog", "--model", "{tmp}/nomodel"], "nomodel"),
     (["tune", "--method", "lora", "--images", "{photos}", "--class", "dog", "--set", "rank=0"], "rank must be"),
+    # refused by the method once the model is loaded: still before any folder
+    (["tune", "--method", "e4t", "--images", "{photos}", "--class", "plant"], "no pretrained encoder ships"),
     (["generate", "x", "--instant", "--images", "{tmp}/nope"], "nope: no such file or folder"),
     (["generate", "x", "--instant", "{tmp}/folder", "--images", "{photos}"], "not an InstantBooth artifact"),
     (["generate", "x", "--concept", "{tmp}/folder"], "not a concept folder"),

@@ -116,18 +116,13 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
     run_info = {"method": method, "model_hash": base_hash, "config": trajectory, "tokens": tokens,
                 "classes": [c for _, c in pairs], "photos": [_photos_hash(p) for p in photo_sets],
                 **({"captions": caption_sets} if captions else {})}
+    recipe = spec.recipe(pipe, cfg, subs)  # may refuse (e.g. no E4T encoder for the class): before any folder
     work = work_dir_for(out)
     if state.is_main_process:
         if not resume and work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
-    try:
-        recipe = spec.recipe(pipe, cfg, subs)  # may refuse (e.g. no E4T encoder for the class)
-    except BaseException:
-        if state.is_main_process and not resume:
-            shutil.rmtree(work, ignore_errors=True)  # nothing trained: leave no empty work folder behind
-        raise
     classes = [c for _, c in pairs]
 
     def snapshot(step: int, loss: float) -> None:
