@@ -78,6 +78,20 @@ def test_batches_are_a_pure_function_of_the_step(folder):
     assert other["keys"] != b["keys"] or not torch.equal(other["pixels"], b["pixels"])
 
 
+def test_uint8_batches_become_the_float_ones_on_the_device(folder, layouts):
+    from boothkit.data import to_device
+
+    floats = _take(folder, 2, heldout=0)
+    small = _take(folder, 2, heldout=0, uint8=True)
+    for f, u in zip(floats, small):
+        assert u["pixels"].dtype == torch.uint8 and u["mask"].dtype == torch.uint8
+        moved = to_device(u, "cpu")
+        assert moved.keys() == f.keys() and moved["captions"] == f["captions"]
+        for k in ("pixels", "mask"):
+            assert moved[k].dtype == torch.float32 and torch.allclose(moved[k], f[k], atol=1e-6), k
+        assert torch.equal(to_device(f, "cpu")["pixels"], f["pixels"])  # float batches pass through
+
+
 def test_grad_accum_numbers_micro_steps(folder):
     batches = _take(folder, 4, heldout=0, grad_accum=2)
     assert [(b["step"], b["micro"]) for b in batches] == [(0, 0), (0, 1), (1, 0), (1, 1)]
@@ -150,7 +164,7 @@ def test_crops_carry_sdxl_micro_conditioning(folder):
     flipped = prepare(rec, LoaderConfig(**{**FAST, "flip": 1.0}), g())
     assert plain["original_size"] == (96, 128) and plain["crop_top_left"] == (0, 6)
     assert flipped["crop_top_left"] == (0, 43 - 6 - 32)
-    assert torch.equal(flipped["pixels"], plain["pixels"].flip(-1))
+    assert np.array_equal(flipped["pixels"], plain["pixels"][:, ::-1])  # [S, S, 3] uint8 arrays
     random = [prepare(rec, LoaderConfig(**{**FAST, "crop": "random", "flip": 0.0}),
                       torch.Generator().manual_seed(s))["crop_top_left"] for s in range(20)]
     assert {t for t, _ in random} == {0} and len({lft for _, lft in random}) > 3

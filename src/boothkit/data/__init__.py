@@ -15,7 +15,7 @@ No method imports boothkit.world: the world is the `world` source here.
 from .captions import rewrite_caption
 from .condition import ConditionConfig, frame_subject, mask_boxes, subject_condition
 from .hf import Columns
-from .loader import LoaderConfig, augment_generator, build_loader, validation_batch
+from .loader import LoaderConfig, augment_generator, build_loader, to_device, validation_batch
 from .masks import Segmenter, blank_reason, on_white
 from .record import Record, ScanReport, Unusable
 from .sources import open_source
@@ -23,4 +23,4 @@ from .world import WorldOptions
 
 __all__ = ["Columns", "ConditionConfig", "LoaderConfig", "Record", "ScanReport", "Segmenter", "Unusable",
            "WorldOptions", "augment_generator", "blank_reason", "build_loader", "frame_subject", "mask_boxes",
-           "on_white", "open_source", "rewrite_caption", "subject_condition", "validation_batch"]
+           "on_white", "open_source", "rewrite_caption", "subject_condition", "to_device", "validation_batch"]

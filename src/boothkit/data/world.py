@@ -120,16 +120,20 @@ class WorldSource(MapSource):
         from .captions import rewrite_caption
 
         pairs = [self._scenes(i, heldout) for i in indices]
-        sb = SceneBatch.from_scenes([s for s, _ in pairs])
-        images, masks = self.renderer().render(sb, return_masks=True)  # [B, 3, 64, 64] in [0, 1], [B, K, 64, 64]
-        cond = cond_masks = None
+        b = len(pairs)
+        one = lambda sb: SceneBatch(*(getattr(sb, f) if f == "bg" else getattr(sb, f)[:, :1]  # noqa: E731
+                                      for f in sb.__dataclass_fields__))  # single objects: draw one slot, not two
+        sb = one(SceneBatch.from_scenes([s for s, _ in pairs]))
         if self.options.condition == "plain":  # same glyph and place, colour style, on white
-            plain = SceneBatch(sb.concept, sb.size_px, sb.cx, sb.cy, torch.zeros_like(sb.style), sb.valid,
-                               torch.ones_like(sb.bg))
-            cond, cond_masks = self.renderer().render(plain, return_masks=True)
+            cond = SceneBatch(sb.concept, sb.size_px, sb.cx, sb.cy, torch.zeros_like(sb.style), sb.valid,
+                              torch.ones_like(sb.bg))
         elif self.options.condition == "view":
-            cond, cond_masks = self.renderer().render(SceneBatch.from_scenes([v for _, v in pairs]),
-                                                      return_masks=True)
+            cond = one(SceneBatch.from_scenes([v for _, v in pairs]))
+        else:
+            cond = None
+        both = sb if cond is None else SceneBatch(*(torch.cat([getattr(sb, f), getattr(cond, f)])
+                                                    for f in sb.__dataclass_fields__))
+        images, masks = self.renderer().render(both, return_masks=True)  # [B or 2B, 3, 64, 64] in [0, 1], [.., 1, ..]
         out = []
         prefix = "world-heldout" if heldout else "world"
         for j, (i, (s, _)) in enumerate(zip(indices, pairs)):
@@ -139,7 +143,7 @@ class WorldSource(MapSource):
                          meta={"source": "world", "class": obj.cls, "concept": obj.concept, "mask_from": "alpha",
                                "style": obj.style})
             if cond is not None:
-                rec.condition, rec.condition_mask = to_pil(cond[j:j + 1])[0], _mask(cond_masks[j, 0])
+                rec.condition, rec.condition_mask = to_pil(images[b + j:b + j + 1])[0], _mask(masks[b + j, 0])
             out.append(rec)
         return out
 
