@@ -90,6 +90,21 @@ def test_the_same_records_from_every_layout(layouts):
         assert (b[y0:y1, x0:x1] == 255).all() and b.sum() == 255 * (x1 - x0) * (y1 - y0)
 
 
+def test_kinds_are_recognised_by_what_is_there(tmp_path, layouts):
+    from pathlib import Path
+
+    from boothkit.data.sources import kind_of
+
+    shards = Path(layouts["wds"]).parent
+    assert kind_of(str(shards)) == "wds" and kind_of(str(shards / "shard-000.tar")) == "wds"
+    assert kind_of(layouts["folder"]) == "folder" and kind_of(layouts["hf"]) == "hf"
+    assert kind_of(layouts["imagefolder"]) == "imagefolder" and kind_of("world") == "world"
+    assert kind_of("someone/some-dataset") == "hub"
+    mixed = write_kohya(tmp_path / "mixed")
+    (mixed / "old.tar").write_bytes(b"")
+    assert kind_of(str(mixed)) == "folder", "a photo folder with a stray .tar is still a photo folder"
+
+
 def test_hf_columns_are_configurable(tmp_path):
     from datasets import Dataset, Features, Image as ImageFeature, Value
 

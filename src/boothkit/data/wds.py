@@ -47,9 +47,11 @@ def is_remote(url: str) -> bool:
 
 def looks_like_shards(spec: str) -> bool:
     """A .tar file, a pattern of them, or a folder holding .tar files (and no photos)."""
+    from ..inputs import EXTENSIONS
+
     p = Path(spec)
     if p.is_dir():
-        return any(p.glob("*.tar"))
+        return any(p.glob("*.tar")) and not any(f.suffix.lower() in EXTENSIONS for f in p.iterdir())
     return spec.endswith(".tar") or ("{" in spec and ".tar" in spec) or "::" in spec
 
 
