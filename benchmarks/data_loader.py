@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -155,7 +156,8 @@ def main():
     from boothkit.data import WorldOptions, open_source
 
     seconds = 2.0 if args.quick else args.seconds
-    res = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+    res = {"command": " ".join(["python", *sys.argv]),
+           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                       f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
            "torch_threads_in_main": torch.get_num_threads(), "loader": []}

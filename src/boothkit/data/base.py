@@ -67,7 +67,7 @@ class TrainIndex:
 
 class MapSource:
     """Base of the map-style sources. Subclasses set `kind`, `spec`, `class_noun`, `identifier`, `report` in their
-    scan and implement `__len__`, `key`, `class_of` and `load`."""
+    scan and implement `__len__`, `key` and `load` (records name their class noun in meta["class"])."""
 
     kind = "map"
     has_condition = False  #: records carry a `condition` photo of the same subject (the world's second render)
@@ -81,10 +81,6 @@ class MapSource:
 
     def key(self, i: int) -> str:
         raise NotImplementedError
-
-    def class_of(self, i: int) -> str:
-        """The class noun record i's caption names (the segmenter's prompt)."""
-        return self.class_noun
 
     def load(self, i: int, *, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS) -> Record:
         """Record i with its pixels; raises Unusable (counted and replaced by the loader)."""
@@ -104,7 +100,10 @@ class MapSource:
         """The n records kept out of training for validation grids (smallest key hashes)."""
         if n <= 0:
             return []
-        return sorted(sorted(range(len(self)), key=lambda i: heldout_rank(self.key(i)))[:n])
+        cache = self.__dict__.setdefault("_heldout", {})  # hashing every key is the cost: once per n
+        if n not in cache:
+            cache[n] = sorted(sorted(range(len(self)), key=lambda i: heldout_rank(self.key(i)))[:n])
+        return cache[n]
 
     def train_index(self, n_heldout: int) -> TrainIndex:
         return TrainIndex(len(self), self.heldout_indices(n_heldout))

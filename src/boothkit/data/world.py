@@ -112,9 +112,6 @@ class WorldSource(MapSource):
                                position=pos)
         return s, view
 
-    def class_of(self, i: int) -> str:
-        return self.class_noun if self.class_noun != "all" else self._scenes(i, False)[0].objects[0].cls
-
     def _render(self, indices: list[int], heldout: bool) -> list[Record]:
         from ..world.render import SceneBatch, to_pil
         from .captions import rewrite_caption
