@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from boothkit.data import (ConditionConfig, Segmenter, blank_reason, frame_subject, mask_boxes, on_white,
+from boothkit.data import (ConditionConfig, Segmenter, frame_subject, mask_boxes, on_white,
                            subject_condition)
 from boothkit.data.masks import bbox_mask, mask_file, subject_mask
 from boothkit.data.record import Unusable
@@ -53,6 +53,9 @@ def test_masks_from_alpha_file_and_bbox():
 
 
 def test_blank_reason():
+    """The data layer skips what the subject-photo rule calls blank (boothkit.images.blank_reason)."""
+    from boothkit.images import blank_reason
+
     assert blank_reason(Image.new("RGB", (300, 200), (30, 30, 30))) is not None
     rng = np.random.default_rng(0)
     noisy = Image.fromarray((rng.random((90, 90, 3)) * 255).astype(np.uint8))

@@ -16,11 +16,11 @@ from .captions import rewrite_caption
 from .condition import ConditionConfig, frame_subject, mask_boxes, subject_condition
 from .hf import Columns
 from .loader import LoaderConfig, augment_generator, build_loader, to_device, validation_batch
-from .masks import Segmenter, blank_reason, on_white
+from .masks import Segmenter, on_white
 from .record import Record, ScanReport, Unusable
 from .sources import open_source
 from .world import WorldOptions
 
 __all__ = ["Columns", "ConditionConfig", "LoaderConfig", "Record", "ScanReport", "Segmenter", "Unusable",
-           "WorldOptions", "augment_generator", "blank_reason", "build_loader", "frame_subject", "mask_boxes",
+           "WorldOptions", "augment_generator", "build_loader", "frame_subject", "mask_boxes",
            "on_white", "open_source", "rewrite_caption", "subject_condition", "to_device", "validation_batch"]

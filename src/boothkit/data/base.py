@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..images import MAX_PIXELS, MIN_SIDE
 from ..inputs import InputError
-from .masks import blank_reason, subject_mask
+from .masks import subject_mask
 from .record import Record, ScanReport, Unusable
 
 
@@ -29,7 +29,7 @@ def assemble(key: str, data: str | Path | bytes, caption: str, *, name: str, mas
 
     mask: a mask file (path or bytes) or None; bbox: [x0, y0, x1, y1] pixels or None.
     """
-    from ..images import decode
+    from ..images import blank_reason, decode
 
     try:
         rgb, alpha = decode(data, name=name, min_side=min_side, max_pixels=max_pixels, with_alpha=True)
@@ -37,7 +37,7 @@ def assemble(key: str, data: str | Path | bytes, caption: str, *, name: str, mas
         raise
     except InputError as e:
         raise Unusable(str(e), "unreadable") from e
-    why = blank_reason(rgb)
+    why = blank_reason(rgb, alpha)  # the subject-photo rule (boothkit.images): one colour, or transparent
     if why:
         raise Unusable(f"{name}: {why}", "blank")
     m, source = subject_mask(rgb, alpha, mask=mask, bbox=bbox, name=name)

@@ -21,21 +21,6 @@ from ..inputs import InputError
 from .record import Unusable
 
 #: a photo whose pixels all lie within this many levels (0-255) of their mean, per channel, is blank
-BLANK_LEVELS = 2.0
-
-
-def blank_reason(im: Image.Image) -> str | None:
-    """Why a photo cannot show a subject ("a single flat colour"), or None.
-
-    TODO(issue 17): use `boothkit.images.blank_reason` once it lands there (hardening owns the image checks);
-    this stand-in only catches flat images, measured on a copy reduced to about 64 px.
-    """
-    factor = max(1, min(im.size) // 64)
-    small = np.asarray(im.reduce(factor) if factor > 1 else im, dtype=np.float32)
-    if small.ndim == 2:
-        small = small[..., None]
-    spread = np.abs(small - small.mean(axis=(0, 1))).max()
-    return "a single flat colour (blank image)" if spread <= BLANK_LEVELS else None
 
 
 def informative_alpha(alpha: Image.Image | None) -> Image.Image | None:
