@@ -160,9 +160,12 @@ def test_keeps_only_the_last_k_checkpoints(tmp_path, tiny_model, subject_photos)
     cfg = {**CFG, "checkpoint_every": 1, "keep_checkpoints": 2, "keep_training_state": True}
     tune("ti", subject_photos, "animal", tmp_path / "c", model=tiny_model, steps=4, config=cfg)
     names = [c.name for c in list_checkpoints(tmp_path / ".c.train" / "checkpoints")]
-    assert names == ["checkpoint-2", "checkpoint-3"]
+    assert names == ["checkpoint-3", "checkpoint-4"]  # kept training state: the last step too
     log = [json.loads(line) for line in (tmp_path / "c" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
+    # ... so a finished run goes on from its last step
+    out = tune("ti", subject_photos, "animal", tmp_path / "c", model=tiny_model, steps=5, config=cfg, resume=True)
+    assert json.loads((out / "concept.json").read_text())["training"]["first_step"] == 4
 
 
 def test_gradient_checkpointing_and_accumulation_run(tmp_path, tiny_model, subject_photos):

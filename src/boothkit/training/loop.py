@@ -8,7 +8,7 @@ import os
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -108,13 +108,23 @@ def lr_depends_on_steps(cfg) -> bool:
 
 def train(recipe, cfg, work_dir: str | Path, *, resume: bool = False, run_info: dict | None = None,
           progress: Callable[[int, int], None] | None = None, on_step: Callable[[int, float], None] | None = None,
-          on_save: Callable[[int, float], None] | None = None, accelerator=None) -> dict:
+          on_save: Callable[[int, float], None] | None = None, accelerator=None,
+          data: Callable[[int], Iterator[dict]] | None = None) -> dict:
     """Run cfg.steps optimizer steps of `recipe.loss`, with checkpoints under work_dir/checkpoints.
 
     run_info: what identifies this run (method, model hash, photos hash, config); a resumed run must match it.
     progress(step, total): called after each step (the app's progress bar); on_step(step, loss): likewise (tests
     use it to kill a run); on_save(step, loss): every cfg.save_every steps before the last, on the main process
-    (the concept snapshots). Returns stats: steps run, first step, losses, seconds.
+    (the concept snapshots).
+    data: for recipes that learn from a dataset (the encoder pretrainings): data(start_step) -> this process's
+    batches from that step on, one per micro-step, in order; each goes to recipe.loss(g, batch). It must be a
+    pure function of the step (boothkit.data's loader is), so a resumed run sees the batches an uninterrupted one
+    would. Recipes without data draw their own from g (personalisation).
+    Hooks a recipe may define: evaluate() -> {name: value} (fixed held-out losses: logged before the first step,
+    every cfg.validate_every steps and after the last); step_log() -> extra fields of each step's log line;
+    validation_images(cfg) -> (images, caption) for the validation grids.
+    With cfg.keep_training_state the last step is checkpointed too (a later run can go on from it).
+    Returns stats: steps run, first step, losses, seconds, the first and last evaluations.
     Raises TrainingError on a NaN/inf loss, naming the step and the last good checkpoint.
     """
     from accelerate import Accelerator
@@ -171,6 +181,17 @@ def train(recipe, cfg, work_dir: str | Path, *, resume: bool = False, run_info: 
         accelerator.init_trackers("boothkit", config={k: v for k, v in cfg.to_dict().items()
                                                       if isinstance(v, (int, float, str, bool))})
     losses: list[float] = []
+    evaluations = []
+
+    def evaluate(step: int) -> None:
+        if hasattr(recipe, "evaluate") and accelerator.is_main_process:
+            values = recipe.evaluate()
+            if values:
+                evaluations.append(values)
+                accelerator.log(values, step=step)
+
+    evaluate(start)
+    batches = data(start) if data is not None and start < cfg.steps else None
     t0 = time.perf_counter()
     last_good = latest_checkpoint(ck_root)
     bar = progress_bars.bar(total=cfg.steps, initial=start, desc="training", unit="step",
@@ -184,7 +205,7 @@ def train(recipe, cfg, work_dir: str | Path, *, resume: bool = False, run_info: 
             g = step_generator(cfg.seed, step, micro, accelerator.process_index)
             with accelerator.accumulate(*wrapped):
                 with accelerator.autocast():
-                    loss = recipe.loss(g)
+                    loss = recipe.loss(g) if batches is None else recipe.loss(g, next(batches))
                 if not torch.isfinite(loss.detach()).all():
                     raise TrainingError(
                         f"loss became {loss.item()} at step {step + 1}: training diverged (try a lower lr or "
@@ -198,18 +219,23 @@ def train(recipe, cfg, work_dir: str | Path, *, resume: bool = False, run_info: 
         recipe.after_step()
         done = step + 1
         losses.append(step_loss)
-        accelerator.log({"loss": step_loss, "lr": lr}, step=done)
+        accelerator.log({"loss": step_loss, "lr": lr, **(recipe.step_log() if hasattr(recipe, "step_log") else {})},
+                        step=done)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}")
+        validating = bool(cfg.validate_every and done % cfg.validate_every == 0)
+        if validating or done == cfg.steps:
+            evaluate(done)
         if accelerator.is_main_process:
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps) or \
+                    (done == cfg.steps and cfg.keep_training_state):
                 last_good = save_checkpoint(ck_root, done, {"trainable": recipe.state_tensors(),
                                                             "optimizer": optimizer_tensors(opt.optimizer)},
                                             meta={"run_id": run_id, **schedule_meta}, keep=cfg.keep_checkpoints)
             save_every = getattr(cfg, "save_every", 0)
             if on_save is not None and save_every and done % save_every == 0 and done < cfg.steps:
                 on_save(done, step_loss)
-            if cfg.validate_every and done % cfg.validate_every == 0 and done < cfg.steps:
+            if validating and done < cfg.steps and cfg.validation_images:
                 validate(recipe, cfg, work_dir / "validation", done)
         if progress is not None:
             progress(done, cfg.steps)
@@ -225,7 +251,9 @@ def train(recipe, cfg, work_dir: str | Path, *, resume: bool = False, run_info: 
         getattr(recipe, name).eval()
     recipe._wrapped = {}
     return {"first_step": start, "steps": cfg.steps, "losses": losses, "train_seconds": seconds,
-            "is_main_process": accelerator.is_main_process}
+            "is_main_process": accelerator.is_main_process,
+            "evaluation": {"first": evaluations[0] if evaluations else {},
+                           "last": evaluations[-1] if evaluations else {}}}
 
 
 def _place(recipe, device, accelerator) -> None:
@@ -242,12 +270,28 @@ def _place(recipe, device, accelerator) -> None:
 
 @torch.no_grad()
 def validate(recipe, cfg, folder: Path, step: int) -> Path:
-    """A grid of cfg.validation_images samples of the validation prompt with the current weights."""
-    from ..generate import GenerateConfig, generate_images
+    """A grid of validation images with the current weights (the recipe's own, or samples of the validation
+    prompt) and its caption."""
     from ..world.render import grid
 
     folder.mkdir(parents=True, exist_ok=True)
-    prompt = cfg.validation_prompt or recipe.display_prompt
+    if hasattr(recipe, "validation_images"):
+        images, caption = recipe.validation_images(cfg)
+    else:
+        images, caption = prompt_samples(recipe, cfg)
+    path = folder / f"step-{step:05d}.png"
+    grid(images, cols=min(4, len(images))).save(path)
+    (folder / f"step-{step:05d}.txt").write_text(caption + "\n")
+    return path
+
+
+@torch.no_grad()
+def prompt_samples(recipe, cfg, prompt: str | None = None) -> tuple[list, str]:
+    """cfg.validation_images samples of a prompt (the validation prompt, or the recipe's own) with the current
+    weights, every model in eval mode and the VAE in fp32 for the call -> (images, prompt)."""
+    from ..generate import GenerateConfig, generate_images
+
+    prompt = prompt or cfg.validation_prompt or recipe.display_prompt
     pipe = recipe.pipe
     models = {n: m for n, m in recipe.components().items() if n != "vae"}
     was = {n: m.training for n, m in models.items()}
@@ -264,7 +308,4 @@ def validate(recipe, cfg, folder: Path, step: int) -> Path:
             pipe.vae.to(vae_dtype)
         for n, tr in was.items():
             models[n].train(tr)
-    path = folder / f"step-{step:05d}.png"
-    grid(images, cols=min(4, len(images))).save(path)
-    (folder / f"step-{step:05d}.txt").write_text(prompt + "\n")
-    return path
+    return images, prompt

@@ -52,14 +52,15 @@ class Recipe:
         #: prompt's conditioning are computed once and reused; the draws of the random stream are unchanged
         self._latent_cache: dict = {}
         self._text_cache: dict = {}
-        for m in self.components().values():
+        for m in Recipe.components(self).values():  # the pipeline's models start frozen (setup decides what trains)
             m.requires_grad_(False)
         with torch.random.fork_rng(devices=[]):  # new weights (LoRA A...) are a function of the seed alone
             torch.manual_seed(int(getattr(cfg, "seed", 0)))
             self.setup()
 
     def components(self) -> dict[str, torch.nn.Module]:
-        """Every model of the pipeline that training touches, by name (the loop places the frozen ones)."""
+        """Every model that training touches, by name: the loop places them on the device (the frozen ones in the
+        mixed-precision dtype where safe). A recipe that uses more (an image encoder) adds them."""
         out = {"unet": self.unet, "vae": self.vae}
         out.update({s.encoder: getattr(self, s.encoder) for s in self.family.slots})
         return out
