@@ -38,7 +38,7 @@ class Toy(Recipe):
             return {"fixed": float(self.head(x))}
 
     def step_log(self):
-        return {"weight_norm": float(self.head.weight.norm())}
+        return {"weight_norm": float(self.head.weight.detach().norm())}
 
     def state_tensors(self):
         return {k: v.detach() for k, v in self.head.state_dict().items()}
