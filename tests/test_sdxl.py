@@ -187,3 +187,25 @@ def test_memory_options_on_sdxl_keep_the_weights(tmp_path, tiny_sdxl, subject_ph
         weights[gc] = load_file(str(out / "pytorch_lora_weights.safetensors"))
     for k in weights[False]:
         assert torch.allclose(weights[True][k], weights[False][k], atol=1e-5), k
+
+
+def test_the_app_on_an_sdxl_base(tmp_path, tiny_sdxl):
+    """The app names the base model's family, trains a LoRA concept as a job on the SDXL base and draws with it."""
+    from boothkit.app.registry import registered_methods
+    from boothkit.app.server import AppConfig
+
+    from test_app_support import ServerThread, http, upload, wait_job, world_photos
+
+    methods = {"lora": registered_methods()["lora"]}
+    with ServerThread(AppConfig(data=tmp_path / "data", model=tiny_sdxl, methods=methods)) as s:
+        health = http("GET", s.url + "/api/health").json()
+        assert health["family"] == "Stable Diffusion XL" and health["model"] == tiny_sdxl
+        r = upload(s.url, {"name": "rat", "class_noun": "rat", "steps": "2", "method": "lora",
+                           "config": json.dumps({"validation_images": 0})}, world_photos(3))
+        assert r.status == 202, r
+        job = wait_job(s.url, r.json()["job"]["id"], timeout=300)
+        assert job["status"] == "done", job
+        g = http("POST", s.url + "/api/generate", json_body={"prompt": "a photo of <rat>", "steps": 2, "seed": 0})
+        assert g.status == 200, g
+        im = g.json()["images"][0]
+        assert im["width"] == im["height"] == 64 and im["concepts"] == ["rat"]

@@ -126,7 +126,7 @@ async function api(path, opts = {}) {
 
 async function loadInfo() {
   const [h, m] = await Promise.all([api("/api/health"), api("/api/methods")]);
-  $("server-info").textContent = "model " + h.model + " · methods: " + (m.methods.join(", ") || "none installed");
+  $("server-info").textContent = "model " + h.model + " (" + h.family + ") · methods: " + (m.methods.join(", ") || "none installed");
   for (const name of h.schedulers) {
     const o = document.createElement("option"); o.value = o.textContent = name; $("scheduler").appendChild(o);
   }

@@ -109,6 +109,7 @@ class GenerateResponse(BaseModel):
 class Health(BaseModel):
     ok: bool
     model: str
+    family: str = Field(description="the base model's family, e.g. 'Stable Diffusion XL'")
     methods: list[str]
     schedulers: list[str] = Field(description="samplers a generate request may name (null: the model's own)")
     queued: int

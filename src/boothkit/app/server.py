@@ -86,6 +86,9 @@ def create_app(cfg: AppConfig) -> FastAPI:
     engine = Engine(store, methods, cfg.model, device=cfg.device, dtype=cfg.dtype)
     runner = JobRunner(store, methods, cfg.model, workers=cfg.workers, on_concepts_changed=engine.forget_concepts)
     limits = cfg.limits
+    from ..pipeline import model_family
+
+    family = model_family(cfg.model).label  # from model_index.json: no weight is read
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -154,7 +157,7 @@ def create_app(cfg: AppConfig) -> FastAPI:
     @app.get("/api/health", response_model=schemas.Health, tags=["server"])
     def health():
         jobs = store.list_jobs(1000)
-        return {"ok": True, "model": cfg.model, "methods": ordered(methods), "schedulers": list(SCHEDULERS),
+        return {"ok": True, "model": cfg.model, "family": family, "methods": ordered(methods), "schedulers": list(SCHEDULERS),
                 "queued": sum(j["status"] == "queued" for j in jobs),
                 "running": sum(j["status"] == "running" for j in jobs)}
 
