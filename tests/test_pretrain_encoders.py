@@ -118,6 +118,27 @@ def test_the_held_out_loss_falls_and_a_resumed_run_is_bit_identical(data, tiny_m
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_gradient_checkpointing_keeps_the_weights_and_bf16_trains(data, tiny_model, tmp_path):
+    """The training core's memory options on the pretraining recipes: recomputing the UNet's activations (with the
+    adapters' hooks inside the recomputed blocks) gives the same weights up to float rounding; bf16 autocast runs."""
+    from accelerate.state import AcceleratorState
+
+    weights = {}
+    for name, extra in (("plain", {}), ("gc", {"gradient_checkpointing": True}), ("bf16", {"mixed_precision": "bf16"})):
+        AcceleratorState._reset_state()  # one process keeps one precision: as a new run would start
+        try:
+            summary = pretrain_encoder("instantbooth", tmp_path / name, data=data["kohya"], class_noun=CLASS,
+                                       model=tiny_model, image_encoder=TOWER, settings={**QUICK, "steps": 2, **extra})
+        finally:
+            AcceleratorState._reset_state()
+        assert np.isfinite(summary["final_loss"])
+        weights[name] = load_file(str(tmp_path / name / "instantbooth.safetensors"))
+    for k, v in weights["plain"].items():
+        assert torch.allclose(weights["gc"][k], v, atol=1e-5), k
+        assert weights["bf16"][k].dtype == torch.float32  # trained in fp32, computed in bf16
+    assert any(not torch.equal(weights["bf16"][k], v) for k, v in weights["plain"].items())
+
+
 def _other_tower(folder: Path) -> str:
     """A random CLIPVisionModelWithProjection with the world tower's shapes (so only its weights differ)."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
