@@ -20,8 +20,14 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def tower_preprocessing(pipe) -> dict:
-    """How images are fed to the pipeline's vision tower: its input size and its image processor's mean/std."""
+    """How images are fed to the pipeline's vision tower: its input size and its image processor's mean/std (a
+    separate tower folder without an image processor config: CLIP's, not the base model's own processor, which
+    belongs to its own tower or its safety checker)."""
     fe = getattr(pipe, "feature_extractor", None)
+    source = getattr(pipe, "boothkit_image_encoder", None)
+    if source and Path(source).expanduser().is_dir() and not (Path(source).expanduser() /
+                                                              "preprocessor_config.json").is_file():
+        fe = None
     return {"image_size": int(pipe.image_encoder.config.image_size),
             "mean": list(getattr(fe, "image_mean", None) or CLIP_MEAN),
             "std": list(getattr(fe, "image_std", None) or CLIP_STD)}
