@@ -225,11 +225,28 @@ def test_instantbooth_pretrains_on_sdxl_and_draws(data, tiny_sdxl, real_photos, 
     assert summary["family"] == "sdxl"
     meta = json.loads((out / "instantbooth.json").read_text())
     assert meta["family"] == "sdxl" and meta["dims"]["text_dim"] == 64  # both encoders' widths
+    prompt = f"a photo of sks {CLASS}"
     pipe = load_pipeline(tiny_sdxl, device="cpu", dtype="fp32", progress=False, image_encoder=TOWER)
     pipe.set_progress_bar_config(disable=True)
-    ours = generate_instant(pipe, out, real_photos / "dog", f"a photo of sks {CLASS}", GenerateConfig(n=1, steps=2))[0]
-    assert max_pixel_diff(ours, plain_sdxl(tiny_sdxl)(f"a photo of sks {CLASS}", num_inference_steps=2,
-                                                       generator=torch.Generator("cpu").manual_seed(0)).images[0]) > 0
+    ours = generate_instant(pipe, out, real_photos / "dog", prompt, GenerateConfig(n=1, steps=2))[0]
+    # diffusers alone (+ install_instantbooth): the same pixels
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPVisionModelWithProjection
+
+    from boothkit.inputs import load_subject_images
+    from boothkit.methods.instantbooth import install_instantbooth
+
+    plain = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl,
+                                                      image_encoder=CLIPVisionModelWithProjection.from_pretrained(TOWER))
+    plain.set_progress_bar_config(disable=True)
+    ib = install_instantbooth(plain, out)
+    ib.set_images(load_subject_images(real_photos / "dog"), class_noun=CLASS)
+    theirs = plain(**ib.pipe_kwargs(prompt), num_inference_steps=2, guidance_scale=5.0,
+                   generator=torch.Generator("cpu").manual_seed(0)).images[0]
+    assert max_pixel_diff(ours, theirs) == 0
+    ib.remove()
+    assert max_pixel_diff(ours, plain(prompt, num_inference_steps=2, guidance_scale=5.0,
+                                      generator=torch.Generator("cpu").manual_seed(0)).images[0]) > 0
 
 
 @pytest.fixture(scope="module")
