@@ -61,7 +61,8 @@ def ib_artifact(data, tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("ib-real") / "ib-pet"
     r = _cli("pretrain", "instantbooth", "--data", data["kohya"], "--class", CLASS, "--model", tiny_model,
              "--image-encoder", TOWER, "--out", out, "--steps", 3, "--batch", 2, "--resolution", 64,
-             "--set", "workers=0", "--set", "heldout=3", "--set", "lr=1e-2", "--set", "lr_adapters=1e-2")
+             "--set", "workers=0", "--set", "heldout=3", "--set", "lr=1e-2", "--set", "lr_adapters=1e-2",
+             "--set", "save_every=2")
     assert r.exit_code == 0, r.output
     return out, json.loads(r.stdout[r.stdout.index("{"):]), r.stderr
 
@@ -86,6 +87,10 @@ def test_instantbooth_pretrains_on_a_real_photo_folder(ib_artifact, tiny_model):
     assert meta["preprocessing"]["image_size"] == 64 and meta["pretrain"]["config"]["steps"] == 3
     log = [json.loads(x) for x in (out.parent / "ib-pet.work" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3] and "skipped_records" in log[-2]
+    from boothkit.methods.instantbooth import artifact  # save_every: the encoder as it was after step 2
+
+    snap = out.parent / "ib-pet.work" / "snapshots" / "ib-pet-step-000002"
+    assert artifact.read_meta(snap)["pretrain"]["steps"] == 2 and artifact.load(snap)[0] is not None
 
 
 def test_the_held_out_loss_falls_and_a_resumed_run_is_bit_identical(data, tiny_model, tmp_path):
