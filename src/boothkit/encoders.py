@@ -89,9 +89,9 @@ def find(folders: list[str | Path], depth: int = 3) -> list[Encoder]:
     return [found[k] for k in sorted(found)]
 
 
-def shipped_instantbooth(model: str) -> Encoder:
-    """The InstantBooth encoder shipped for base model `model` (matched by model hash); InputError saying what
-    ships and what to do when none fits."""
+def shipped_instantbooth(model: str, flag: str = "--instant") -> Encoder:
+    """The InstantBooth encoder shipped for base model `model` (matched by model hash); InputError (naming `flag`,
+    the option that asked for it) saying what ships and what to do when none fits."""
     from .inputs import InputError
     from .pipeline import model_hash
 
@@ -101,8 +101,9 @@ def shipped_instantbooth(model: str) -> Encoder:
         if e.model_hash == have:
             return e
     what = ", ".join(f"{Path(e.path).name} (for {e.base_model!r})" for e in ib) or "none"
-    raise InputError(f"--instant: no InstantBooth encoder ships for base model {model!r} (shipped: {what}); train "
-                     "one with `boothkit pretrain instantbooth --model MODEL --out DIR` and pass --instant DIR")
+    then = "pass --instant DIR" if flag == "--instant" else "pass --set encoder=DIR"
+    raise InputError(f"{flag}: no InstantBooth encoder ships for base model {model!r} (shipped: {what}); train "
+                     f"one with `boothkit pretrain instantbooth --model MODEL --data DATA --out DIR` and {then}")
 
 
 def shipped_e4t(class_noun: str, model: str = "world") -> Encoder:

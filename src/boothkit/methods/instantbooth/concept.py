@@ -78,7 +78,7 @@ def encoder_dir(cfg: ConceptConfig, model: str) -> Path:
         return Path(cfg.encoder)
     from ...encoders import shipped_instantbooth
 
-    return Path(shipped_instantbooth(model).path)
+    return Path(shipped_instantbooth(model, flag="instantbooth").path)
 
 
 def tower(cfg: ConceptConfig, model: str, class_noun: str) -> str | None:
