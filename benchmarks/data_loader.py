@@ -108,11 +108,12 @@ def consumption(steps: int) -> dict:
     from boothkit.pretrain.encoders import pretrain_encoder
 
     out = {}
-    cfg = PretrainConfig(steps=steps, heldout=0, checkpoint_every=0)
+    cfg = PretrainConfig(steps=steps, heldout=0, checkpoint_every=0, validate_every=0, validation_images=0)
     marks = []
     with tempfile.TemporaryDirectory() as tmp:
         pretrain_encoder("instantbooth", Path(tmp) / "ib", data="world", class_noun="all",
-                         settings={"steps": steps, "heldout": 0, "checkpoint_every": 0, "workers": 0},
+                         settings={"steps": steps, "heldout": 0, "checkpoint_every": 0, "workers": 0,
+                                   "validate_every": 0, "validation_images": 0},
                          on_step=lambda step, loss: marks.append(time.perf_counter()))
     timed = len(marks) - 1  # the first step warms up
     out["instantbooth_pretrain_step"] = {

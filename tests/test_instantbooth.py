@@ -222,7 +222,8 @@ def test_plain_diffusers_pipeline_matches_boothkit(world, active_artifact, refs)
 
 
 #: a 3-step world pretraining, tiny batches, the loader in the training process
-TINY = {"steps": 3, "batch_size": 2, "checkpoint_every": 2, "lr_adapters": 1e-3, "heldout": 2, "workers": 0}
+TINY = {"steps": 3, "batch_size": 2, "checkpoint_every": 2, "lr_adapters": 1e-3, "heldout": 2, "workers": 0,
+        "validate_every": 0, "validation_images": 0}
 
 
 def _pretrain(out, settings=TINY, **kw):

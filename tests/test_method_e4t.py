@@ -27,7 +27,8 @@ from conftest import FAST, _reference_folder, max_pixel_diff, plain_pipeline, sa
 
 PROMPT = "a photo of sks person"
 #: a 3-step world pretraining of the person domain, tiny batches, the loader in the training process
-TINY = {"steps": 3, "batch_size": 2, "checkpoint_every": 2, "heldout": 2, "workers": 0}
+TINY = {"steps": 3, "batch_size": 2, "checkpoint_every": 2, "heldout": 2, "workers": 0, "validate_every": 0,
+        "validation_images": 0}
 
 
 def pretrain_e4t(out, settings=TINY, **kw):
@@ -217,11 +218,14 @@ def test_cli_pretrain_e4t(tmp_path):
     runner = CliRunner()
     out = tmp_path / "enc"
     r = runner.invoke(app, ["pretrain", "e4t", "--class", "animal", "--out", str(out), "--steps", "1", "--batch", "1",
-                            "--set", "heldout=0", "--set", "workers=0", "--set", "frame=true"])
+                            "--set", "heldout=1", "--set", "workers=0", "--set", "frame=true",
+                            "--set", "validation_steps=2"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout[r.stdout.index("{"):])["steps"] == 1 and artifact.is_encoder(out)
     meta = artifact.read_encoder_meta(out)
     assert meta["preprocessing"]["frame"] is True and meta["pretrain"]["config"]["frame"] is True
+    assert sorted(p.name for p in (tmp_path / "enc.work" / "validation").iterdir()) == ["step-00001.png",
+                                                                                        "step-00001.txt"]
     r = runner.invoke(app, ["pretrain", "e4t", "--class", "dragon", "--out", str(tmp_path / "no")])
     assert r.exit_code == 2 and "no class 'dragon'" in r.output and not (tmp_path / "no").exists()
     r = runner.invoke(app, ["pretrain", "e4t", "--class", "animal", "--out", str(tmp_path / "no"), "--set", "rnk=2"])
@@ -292,7 +296,8 @@ def test_an_encoder_pretrained_on_framed_photos_frames_the_tuning_photos(tmp_pat
     import boothkit.methods.e4t.model as e4t_model
 
     out = tmp_path / "framed"
-    pretrain_e4t(out, {"steps": 1, "batch_size": 2, "heldout": 0, "workers": 0, "frame": True})
+    pretrain_e4t(out, {"steps": 1, "batch_size": 2, "heldout": 0, "workers": 0, "frame": True, "validate_every": 0,
+                       "validation_images": 0})
     assert artifact.read_encoder_meta(out)["preprocessing"]["frame"] is True
     framed_sets = []
     real = e4t_model.framed_pixels

@@ -40,7 +40,7 @@ CLASS = "pet"
 TOWER = str(world_path() / "image_encoder")  #: a real CLIPVisionModelWithProjection folder, separate from the models
 #: a few steps that move the tiny models: the heads, adapters and gates at 1e-2; the loader in the training process
 QUICK = {"steps": 4, "batch_size": 2, "heldout": 3, "workers": 0, "resolution": 64, "lr": 1e-2, "lr_adapters": 1e-2,
-         "checkpoint_every": 2}
+         "checkpoint_every": 2, "validate_every": 0, "validation_images": 0}
 E4T_QUICK = {k: v for k, v in QUICK.items() if k != "lr_adapters"}  #: E4T has no adapters
 
 
@@ -62,7 +62,7 @@ def ib_artifact(data, tiny_model, tmp_path_factory):
     r = _cli("pretrain", "instantbooth", "--data", data["kohya"], "--class", CLASS, "--model", tiny_model,
              "--image-encoder", TOWER, "--out", out, "--steps", 3, "--batch", 2, "--resolution", 64,
              "--set", "workers=0", "--set", "heldout=3", "--set", "lr=1e-2", "--set", "lr_adapters=1e-2",
-             "--set", "save_every=2")
+             "--set", "save_every=2", "--set", "validation_steps=2")
     assert r.exit_code == 0, r.output
     return out, json.loads(r.stdout[r.stdout.index("{"):]), r.stderr
 
@@ -89,6 +89,8 @@ def test_instantbooth_pretrains_on_a_real_photo_folder(ib_artifact, tiny_model):
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3] and "skipped_records" in log[-2]
     from boothkit.methods.instantbooth import artifact  # save_every: the encoder as it was after step 2
 
+    grids = sorted(p.name for p in (out.parent / "ib-pet.work" / "validation").iterdir())
+    assert grids == ["step-00003.png", "step-00003.txt"]  # the held-out records: references and drawings
     snap = out.parent / "ib-pet.work" / "snapshots" / "ib-pet-step-000002"
     assert artifact.read_meta(snap)["pretrain"]["steps"] == 2 and artifact.load(snap)[0] is not None
 
@@ -319,7 +321,7 @@ LAUNCHED = textwrap.dedent("""
     data, out, model, tower, report = sys.argv[1:6]
     pretrain_encoder("instantbooth", out, data=data, class_noun="pet", model=model, image_encoder=tower,
                      settings={"steps": 2, "batch_size": 2, "heldout": 0, "workers": 0, "resolution": 64,
-                               "lr": 1e-2, "lr_adapters": 1e-2})
+                               "lr": 1e-2, "lr_adapters": 1e-2, "validate_every": 0, "validation_images": 0})
     state = recipes[0].state_tensors()
     digest = hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
     with open(f"{report}-{os.environ['RANK']}.json", "w") as f:  # the process group ends with the run
@@ -374,6 +376,8 @@ def test_bad_data_is_refused_before_any_model_loads(tmp_path, tiny_model, data, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no --out, no work folder
     r = _cli("pretrain", "e4t", "--class", "all", "--out", tmp_path / "out")
     assert r.exit_code == 2 and "E4T pretrains one domain" in r.output
+    r = _cli("pretrain", "instantbooth", "--class", "all", "--out", tmp_path / "out", "--set", "heldout=0")
+    assert r.exit_code == 2 and "validation_images=2 draws held-out records" in r.output
 
 
 def test_reference_masks_alpha_then_segmenter_then_flat_background_else_the_whole_photo(real_photos, tmp_path,

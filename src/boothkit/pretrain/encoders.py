@@ -181,6 +181,9 @@ def pretrain_encoder(method: str, out: str | Path, *, data: str = "world", class
     class_noun = " ".join((class_noun or "").split())
     if method == "e4t" and class_noun == "all":
         raise InputError("--class all: E4T pretrains one domain; name one class noun (e.g. person, cat)")
+    if cfg.validation_images and not cfg.heldout:
+        raise InputError(f"validation_images={cfg.validation_images} draws held-out records: set heldout too (or "
+                         "validation_images=0)")
     identifier = m.identifier(shape)
     loader_cfg = LoaderConfig(resolution=cfg.resolution or 64, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                               crop=cfg.crop, flip=0.5 if cfg.flip else 0.0, seed=cfg.seed, heldout=cfg.heldout,
@@ -207,7 +210,10 @@ def pretrain_encoder(method: str, out: str | Path, *, data: str = "world", class
     pipe = load_pipeline(model, device="cpu", dtype="fp32", progress=False, image_encoder=image_encoder)
     seg = Segmenter(segmenter, device=state.device, threshold=dcfg.segmenter_threshold) if segmenter else None
     loader_cfg = replace(loader_cfg, resolution=cfg.resolution or family_of(pipe).default_resolution(pipe))
-    validation = validation_batch(source, loader_cfg) if cfg.heldout and state.is_main_process else None
+    validation = validation_batch(source, loader_cfg) if cfg.heldout else None  # every process: the same checks
+    if validation is None and cfg.validation_images:
+        raise InputError(f"--data {data}: none of the {cfg.heldout} held-out records can be read, so there is nothing "
+                         "to draw validation grids from (set validation_images=0, or more heldout)")
     recipe = m.recipe(pipe, cfg, shape, class_noun=class_noun, validation=validation, segmenter=seg)
     trained_for = recipe.artifact_meta()
     run_info = {"method": method, "model_hash": trained_for["model_hash"], "family": trained_for["family"],

@@ -56,7 +56,7 @@ class PretrainConfig(TrainConfig):
     checkpoint_every: int = 100  #: resumable checkpoint every N steps (0 = only the last one)
     keep_training_state: bool = True  #: keep the checkpoints (the last step's too: a finished run can go on)
     validate_every: int = 250  #: held-out loss (and grids, with validation_images) every N steps; also first and last
-    validation_images: int = 0  #: held-out records drawn in each validation grid (reference, then generated)
+    validation_images: int = 2  #: held-out records drawn in each validation grid (reference, then generated)
     heldout: int = 8  #: records kept out of training for the held-out loss and grids (world: held-out concepts)
     #: frame the photos the encoder reads (the subject cut out on white by its mask, centred at 3/4 of the side), in
     #: pretraining and at tuning (recorded in the encoder's preprocessing); False: the photos as given (the paper)

@@ -60,7 +60,7 @@ class PretrainConfig(TrainConfig):
     checkpoint_every: int = 200  #: resumable checkpoint every N steps (0 = only the last one)
     keep_training_state: bool = True  #: keep the checkpoints (the last step's too: a finished run can go on)
     validate_every: int = 500  #: held-out loss (and grids, with validation_images) every N steps; also first and last
-    validation_images: int = 0  #: held-out records drawn in each validation grid (reference, then generated)
+    validation_images: int = 2  #: held-out records drawn in each validation grid (reference, then generated)
     heldout: int = 8  #: records kept out of training for the held-out loss and grids (world: held-out concepts)
     cond_scale: tuple[float, float] = (0.55, 0.95)  #: condition crop: subject's longer side / condition side
     cond_shift: float = 0.12  #: condition crop: max shift of the subject centre, fraction of the side
