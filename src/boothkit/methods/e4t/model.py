@@ -85,7 +85,10 @@ class E4TRecipe(Recipe):
         self.encoder = encoder.train().requires_grad_(True)
         pre = meta["preprocessing"]
         if pre.get("frame"):  # the encoder was pretrained on framed photos: frame these the same way
-            photos = framed_pixels(subject.photos, subject.class_noun, pre["image_size"], cfg.segmenter,
+            from ...data import row_image
+
+            given = subject.photos or [row_image(p) for p in subject.images.pixels]  # the decoded photos, else crops
+            photos = framed_pixels(given, subject.class_noun, pre["image_size"], cfg.segmenter,
                                    self.pipe.image_encoder.device)
         else:
             photos = (subject.images.pixels + 1) / 2  # [N, 3, S, S] in [0, 1]: each photo's centre square
