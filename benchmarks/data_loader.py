@@ -5,9 +5,9 @@
 Prints one JSON object. Loader: a folder of real photos (the DreamBench photos in shared/dreambench, copied as
 they are, 687-2048 px JPEGs, and a copy shrunk to a 640 px short side, kohya captions) and the world, at
 resolution 512 and 64, with 0, 1 and 2 DataLoader workers; each measurement takes the loader's batches after
-one warm-up batch per worker (worker start-up excluded) for at least `--seconds`. Consumption: steps of today's
-`pretrain_instantbooth` on the world model at its default batch (everything a step does: world scenes rendered in
-the training process, VAE, text encoder, vision tower, UNet forward and backward, optimizer), and a forward +
+one warm-up batch per worker (worker start-up excluded) for at least `--seconds`. Consumption: steps of
+`boothkit pretrain instantbooth` on the world model at its default batch (everything a step does: world scenes
+rendered by the loader, VAE, text encoder, vision tower, UNet forward and backward, optimizer), and a forward +
 backward of the world UNet alone at the same batch. Also: the decode time per photo (boothkit.images.decode) and the
 crop/resize time per record, which decide the loader's rate.
 """
@@ -104,19 +104,22 @@ def per_record_ms(folder: Path, resolution: int) -> dict:
 def consumption(steps: int) -> dict:
     """What training steps consume today on this machine, in images/s."""
     from boothkit.methods.instantbooth.config import PretrainConfig
-    from boothkit.methods.instantbooth.pretrain import pretrain_instantbooth
     from boothkit.pipeline import load_pipeline
+    from boothkit.pretrain.encoders import pretrain_encoder
 
     out = {}
-    cfg = PretrainConfig(steps=steps, val_batches=0, checkpoint_every=0)
+    cfg = PretrainConfig(steps=steps, heldout=0, checkpoint_every=0, validate_every=0, validation_images=0)
     marks = []
     with tempfile.TemporaryDirectory() as tmp:
-        pretrain_instantbooth(Path(tmp) / "ib", cfg, progress=False, device="cpu",
-                              on_step=lambda step, loss: marks.append(time.perf_counter()))
+        pretrain_encoder("instantbooth", Path(tmp) / "ib", data="world", class_noun="all",
+                         settings={"steps": steps, "heldout": 0, "checkpoint_every": 0, "workers": 0,
+                                   "validate_every": 0, "validation_images": 0},
+                         on_step=lambda step, loss: marks.append(time.perf_counter()))
     timed = len(marks) - 1  # the first step warms up
     out["instantbooth_pretrain_step"] = {
-        "what": "one step of today's pretrain_instantbooth on the world model (CPU, fp32): world scenes rendered in "
-                "the training process, VAE encode, text encoder, vision tower, UNet forward+backward, AdamW",
+        "what": "one step of `boothkit pretrain instantbooth` on the world model (CPU, fp32, the loader in the "
+                "training process): world scenes rendered, condition augmentation, VAE encode, text encoder, vision "
+                "tower, UNet forward+backward, AdamW",
         "batch_size": cfg.batch_size, "steps_timed": timed,
         "seconds_per_step": round((marks[-1] - marks[0]) / timed, 3),
         "images_per_s": round(timed * cfg.batch_size / (marks[-1] - marks[0]), 1)}

@@ -146,31 +146,3 @@ def test_frame_subject_is_the_deterministic_twin_of_the_augmentation():
     assert np.abs(framed - aug).mean() < 0.03
     cut = np.asarray(on_white(photo, pil_mask))
     assert cut[0, 0].tolist() == [255, 255, 255] and cut[10, 40].tolist() == np.asarray(photo)[10, 40].tolist()
-
-
-def test_the_world_condition_keeps_its_behaviour():
-    """Today's ScenePairs.condition (world renders, boxes from the scene's metadata) and subject_condition (the box
-    from the mask) draw the same condition from the same generator. Goes when integration removes ScenePairs."""
-    pretrain = pytest.importorskip("boothkit.methods.instantbooth.pretrain")
-    if not hasattr(pretrain, "ScenePairs"):
-        pytest.skip("ScenePairs moved to boothkit.data")
-    from types import SimpleNamespace
-
-    from boothkit.methods.instantbooth.config import PretrainConfig
-
-    s, b = 64, 2
-    sizes, cx, cy = torch.tensor([[32.0], [44.0]]), torch.tensor([[20.0], [32.0]]), torch.tensor([[32.0], [40.0]])
-    bg = torch.tensor([[0.2, 0.4, 0.8], [0.9, 0.5, 0.1]])
-    canvas, alpha = bg.view(b, 3, 1, 1).expand(b, 3, s, s).clone(), torch.zeros(b, 1, s, s)
-    for i in range(b):  # a square glyph of side size_px centred at (cx, cy), its own colour
-        h = int(sizes[i, 0]) // 2
-        x, y = int(cx[i, 0]), int(cy[i, 0])
-        canvas[i, :, y - h:y + h, x - h:x + h] = torch.tensor([0.1, 0.7, 0.3]).view(3, 1, 1)
-        alpha[i, :, y - h:y + h, x - h:x + h] = 1.0
-    cfg = PretrainConfig()
-    old = pretrain.ScenePairs.condition(SimpleNamespace(cfg=cfg), canvas, alpha,
-                                        SimpleNamespace(size_px=sizes, cx=cx, cy=cy, bg=bg),
-                                        torch.Generator().manual_seed(7))
-    new = subject_condition(canvas, alpha, torch.Generator().manual_seed(7),
-                            ConditionConfig(cfg.cond_scale, cfg.cond_shift, cfg.cond_flip, cfg.cond_jitter))
-    assert torch.allclose(old, new, atol=1e-5)

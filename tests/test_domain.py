@@ -51,6 +51,8 @@ def test_tune_on_the_world_model_prints_both_warnings(tmp_path):
                                  "golden retriever", "--out", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output
     warned = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
-    assert len(warned) == 2, r.stderr
+    assert len(warned) == 3, r.stderr
     assert "--class 'golden retriever': the world model never read the word 'golden'" in warned[0]
     assert "the photos look unlike anything the world model was trained on" in warned[1]
+    # and InstantBooth's own: real photos, no cut-out, no segmenter: the encoder reads them whole
+    assert "5 of 5 photo(s) have no alpha channel and no flat background" in warned[2]

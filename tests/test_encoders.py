@@ -20,16 +20,21 @@ def test_the_file_names_agree_with_the_methods():
 
 
 def test_shipped_encoders_are_listed_with_their_base_model():
-    from boothkit.methods.e4t.artifact import shipped_classes
-    from boothkit.methods.instantbooth.concept import shipped_encoder
+    from boothkit.inputs import InputError
     from boothkit.pipeline import model_hash
 
     found = encoders.shipped()
-    assert [e.classes for e in found if e.kind == "e4t"] == shipped_classes()
+    assert [e.classes for e in found if e.kind == "e4t"] == ["animal", "face", "food", "object", "person"]
     (ib,) = [e for e in found if e.kind == "instantbooth"]
-    assert ib.path == str(shipped_encoder()) and ib.classes == "all" and ib.steps == 5000
+    assert ib.path == str(encoders.assets_root() / "instantbooth" / "all") and ib.classes == "all" and ib.steps == 5000
     assert all(e.shipped and e.base_model == "world" and e.model_hash == model_hash("world") for e in found)
     assert encoders.shipped_instantbooth("world") == ib
+    # E4T: the noun's own encoder, else its world class's ("rat" -> animal, "man" -> person)
+    assert [encoders.shipped_e4t(n).classes for n in ("face", "rat", "man")] == ["face", "animal", "person"]
+    with pytest.raises(InputError, match="boothkit pretrain e4t --class plant"):
+        encoders.shipped_e4t("plant")
+    assert encoders.e4t_class_conflict("person", "rat") and encoders.e4t_class_conflict("animal", "rat") is None
+    assert encoders.e4t_class_conflict("person", "golden retriever") is None  # a noun the world does not know
 
 
 def test_trained_encoders_are_found_in_the_folders_named(tmp_path):

@@ -18,7 +18,8 @@ from boothkit.inputs import InputError
 from boothkit.methods.instantbooth import InstantBoothConfig, PretrainConfig, generate_instant, install_instantbooth
 from boothkit.methods.instantbooth import artifact
 from boothkit.methods.instantbooth.modules import InstantBooth, attach, model_dims
-from boothkit.methods.instantbooth.pretrain import pretrain_instantbooth
+from boothkit.pretrain.encoders import pretrain_encoder
+from boothkit.training.loop import TrainingError
 from boothkit.pipeline import load_pipeline, world_path
 from conftest import write_active_instantbooth
 
@@ -148,10 +149,10 @@ def test_n_images_give_the_mean_concept_and_concatenated_patches(world, active_a
         assert torch.allclose(ib.attached.condition.patches, torch.cat([p for _, p in singles], 1), atol=1e-5)
         # the concept head sees the mean of the N image embeddings
         with torch.no_grad():
-            from boothkit.methods.instantbooth.inference import centre_subject, mask_flat_background
             from boothkit.methods.instantbooth.modules import image_features
+            from boothkit.methods.vision import framed_references
 
-            pix = ib.pixel_values([centre_subject(mask_flat_background(im)) for im in refs[:3]])
+            pix = ib.pixel_values(framed_references(refs[:3], "animal"))  # flat backgrounds: cut out and framed
             emb, _ = image_features(world.image_encoder, pix)
             want = ib.model.concept_head(emb.mean(0, keepdim=True))[0]
         assert torch.allclose(ib.concept, want, atol=1e-5)
@@ -220,123 +221,109 @@ def test_plain_diffusers_pipeline_matches_boothkit(world, active_artifact, refs)
     assert np.abs(base.astype(int) - ours.astype(int)).max() > 0  # the conditioning changed the image
 
 
+#: a 3-step world pretraining, tiny batches, the loader in the training process
+TINY = {"steps": 3, "batch_size": 2, "checkpoint_every": 2, "lr_adapters": 1e-3, "heldout": 2, "workers": 0,
+        "validate_every": 0, "validation_images": 0}
+
+
+def _pretrain(out, settings=TINY, **kw):
+    return pretrain_encoder("instantbooth", out, data="world", class_noun="animal", settings=settings, **kw)
+
+
 def test_pretrain_writes_files_and_resumes_to_identical_weights(tmp_path):
-    cfg = PretrainConfig(cls="animal", steps=3, batch_size=2, checkpoint_every=2, lr_adapters=1e-3, val_batches=1)
     out, work = tmp_path / "ib", tmp_path / "ib.work"
-    summary = pretrain_instantbooth(out, cfg, progress=False)
+    summary = _pretrain(out)
     assert summary["steps"] == 3 and summary["first_step"] == 0 and summary["work"] == str(work)
     assert sorted(p.name for p in out.iterdir()) == ["instantbooth.json", "instantbooth.safetensors"]
-    assert sorted(p.name for p in work.iterdir()) == ["checkpoint-2", "checkpoint-3", "train_log.jsonl"]
-    assert sorted(p.name for p in (work / "checkpoint-2").iterdir()) == ["COMPLETE", "meta.json",
-                                                                         "model.safetensors",
-                                                                         "optimizer.safetensors"]
+    assert sorted(p.name for p in work.iterdir()) == ["checkpoints", "train_log.jsonl"]
+    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-3"]
     meta = json.loads((out / "instantbooth.json").read_text())
     assert meta["class"] == "animal" and meta["trained"] and meta["pretrain"]["steps"] == 3
+    assert meta["family"] == "sd" and meta["image_encoder"]["source"] is None and meta["image_encoder"]["hash"]
     full = load_file(str(out / artifact.WEIGHTS))
     fresh = InstantBooth(InstantBoothConfig(), meta["dims"]).state_dict()
     assert any(not torch.equal(full[k], fresh[k]) for k in full if k.endswith("gamma"))  # adapters trained
     log = [json.loads(line) for line in (work / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
     assert [r["step"] for r in log if "heldout_loss" in r] == [0, 3]  # held-out subjects: evaluated, never trained
-    assert summary["heldout_loss"]["first"] == log[0]["heldout_loss"] and summary["heldout_loss"]["last"] > 0
+    assert summary["heldout_loss"]["first"] == log[1]["heldout_loss"] and summary["heldout_loss"]["last"] > 0
 
     # kill after step 2: only checkpoint-2 is left; resuming must give the uninterrupted run's weights exactly
-    shutil.rmtree(work / "checkpoint-3")
+    shutil.rmtree(work / "checkpoints" / "checkpoint-3")
     shutil.rmtree(out)
-    summary = pretrain_instantbooth(out, cfg, resume=True, progress=False)
+    summary = _pretrain(out, resume=True)
     assert summary["first_step"] == 2
     resumed = load_file(str(out / artifact.WEIGHTS))
     assert resumed.keys() == full.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
-    with pytest.raises(InputError, match="other settings"):
-        pretrain_instantbooth(out, PretrainConfig(cls="person", steps=4, batch_size=2, val_batches=0), resume=True,
-                              progress=False)
+    with pytest.raises(TrainingError, match="different run"):
+        _pretrain(out, {**TINY, "steps": 4, "lr": 1e-3}, resume=True)
     # a run stopped early: --resume with --steps at its newest checkpoint writes that checkpoint's artifact
-    shutil.rmtree(work / "checkpoint-3")
+    shutil.rmtree(work / "checkpoints" / "checkpoint-3")
     early = tmp_path / "ib-early"
-    summary = pretrain_instantbooth(early, PretrainConfig(**{**cfg.to_dict(), "steps": 2}),
-                                    InstantBoothConfig(alpha=0.7, beta=0.5), work=work, resume=True, progress=False)
+    summary = _pretrain(early, {**TINY, "steps": 2, "alpha": 0.7, "beta": 0.5}, work=work, resume=True)
     assert summary["first_step"] == 2 and summary["final_loss"] is None
     knobs = json.loads((early / "instantbooth.json").read_text())["config"]  # inference defaults: may be set here
     assert (knobs["alpha"], knobs["beta"]) == (0.7, 0.5)
-    ck2 = load_file(str(work / "checkpoint-2" / "model.safetensors"))
+    ck2 = load_file(str(work / "checkpoints" / "checkpoint-2" / "trainable.safetensors"))
     exported = load_file(str(early / artifact.WEIGHTS))
     assert exported.keys() == ck2.keys() and all(torch.equal(ck2[k], exported[k]) for k in ck2)
     with pytest.raises(InputError, match="already at step 2 > --steps 1"):
-        pretrain_instantbooth(tmp_path / "x", PretrainConfig(**{**cfg.to_dict(), "steps": 1}), work=work,
-                              resume=True, progress=False)
-
-
-def test_pretraining_data_is_a_pure_function_of_seed_and_step():
-    from boothkit.methods.instantbooth.pretrain import ScenePairs
-    from boothkit.world.concepts import all_concepts
-
-    data = ScenePairs(PretrainConfig(cls="person", batch_size=4), "sks", "cpu")
-    a, b, c = data.make(7), data.make(7), data.make(8)
-    assert torch.equal(a["condition"], b["condition"]) and a["captions"] == b["captions"]
-    assert not torch.equal(a["condition"], c["condition"])
-    assert all("sks person" in cap for cap in a["captions"])
-    cs = all_concepts()
-    assert all(cs[i].cls == "person" and not cs[i].heldout for i in a["concepts"] + c["concepts"])
-    # background masked to white: the condition's corners are white
-    assert torch.allclose(a["condition"][:, :, 0, 0], torch.ones(4, 3))
+        _pretrain(tmp_path / "x", {**TINY, "steps": 1}, work=work, resume=True)
+    assert not (tmp_path / "x").exists()
 
 
 def test_references_are_framed_as_pretraining_framed_its_conditions():
-    """A small off-centre subject on a flat background is masked to white, then cropped square around it so that it
+    """A small off-centre subject on a flat background is cut out on white, then cropped square around it so that it
     covers 3/4 of the side, centred (pretraining's conditions cover 55-95%, re-centred)."""
     from PIL import Image, ImageDraw
 
-    from boothkit.methods.instantbooth.inference import centre_subject, mask_flat_background
+    from boothkit.methods.vision import framed_references
 
     im = Image.new("RGB", (64, 64), (40, 90, 200))  # a blue background
     ImageDraw.Draw(im).rectangle((40, 6, 51, 17), fill=(220, 30, 30))  # a 12x12 red subject, top right
-    out = np.asarray(centre_subject(mask_flat_background(im)))
+    (framed,) = framed_references([im], "object")
+    out = np.asarray(framed)
     assert out.shape == (16, 16, 3)  # 12 / 0.75
     red = np.nonzero((out[..., 0] > 150) & (out[..., 1] < 100))
     assert (red[0].min(), red[0].max(), red[1].min(), red[1].max()) == (2, 13, 2, 13)  # centred, 12 of 16
     assert (out[0, 0] == 255).all() and (out[15, 15] == 255).all()  # the blue background became white
-    blank = Image.new("RGB", (8, 8), (255, 255, 255))
-    assert np.array_equal(np.asarray(centre_subject(blank)), np.asarray(blank))
     # a subject at the edge: the square extends past the image, padded white
     edge = Image.new("RGB", (64, 64), (255, 255, 255))
     ImageDraw.Draw(edge).rectangle((0, 0, 29, 29), fill=(0, 0, 0))
-    e = np.asarray(centre_subject(edge))
+    e = np.asarray(framed_references([edge], "object")[0])
     assert e.shape == (40, 40, 3) and (e[:5, :5] == 255).all() and (e[5:35, 5:35] == 0).all()
 
 
-def test_object_weighted_loss_and_gamma_group():
-    """Beyond the paper, for short runs: the loss can weight the subject's latent pixels (from the renderer's own
-    mask), and the adapters' gates can have their own learning rate. Both are off by default (the paper's loss)."""
-    from boothkit.methods.instantbooth.pretrain import ScenePairs, _trainable_groups, loss_weights
+def test_object_weighted_loss_and_gamma_group(world):
+    """Beyond the paper, for short runs: the loss can weight the subject's latent pixels (from its mask), and the
+    adapters' gates can have their own learning rate. Both are off by default (the paper's loss)."""
+    from boothkit.methods.instantbooth.pretrain import InstantBoothPretrain, loss_weights
 
-    data = ScenePairs(PretrainConfig(cls="animal", batch_size=3), "sks", "cpu")
-    batch = data.make(0)
-    m = batch["object_mask"]
-    assert m.shape == (3, 1, 64, 64) and float(m.min()) >= 0 and float(m.max()) <= 1
+    m = torch.zeros(3, 1, 64, 64)
+    for i, (y, x) in enumerate([(0, 0), (20, 40), (48, 8)]):
+        m[i, :, y:y + 12, x:x + 12] = 1.0
     assert loss_weights(m, (16, 16), 0.0) is None
     w = loss_weights(m, (16, 16), 4.0)
     assert w.shape == (3, 1, 16, 16) and float(w.min()) >= 1.0 and float(w.max()) <= 5.0
-    # heavier exactly where the object is: every scene's heaviest latent pixel lies inside its own object box
-    for i in range(3):
+    for i in range(3):  # heavier exactly where the subject is
         ys, xs = torch.nonzero(m[i, 0] > 0.5, as_tuple=True)
-        k = int(w[i, 0].flatten().argmax())
-        y, x = divmod(k, 16)
+        y, x = divmod(int(w[i, 0].flatten().argmax()), 16)
         assert ys.min() // 4 <= y <= ys.max() // 4 and xs.min() // 4 <= x <= xs.max() // 4
-    world_dims = {"text_dim": 32, "vision_hidden": 32, "vision_embed": 16, "cross_dim": 32, "image_size": 32,
-                  "blocks": {"down_blocks.0.attentions.0.transformer_blocks.0": 32}}
-    ib = InstantBooth(InstantBoothConfig(), world_dims)
-    names = {id(p): n for n, p in ib.named_parameters()}
-    two = _trainable_groups(ib, PretrainConfig(lr_adapters=1e-4))
-    three = _trainable_groups(ib, PretrainConfig(lr_adapters=1e-4, lr_gamma=1e-2))
+    groups = {}
+    for lr_gamma in (0.0, 1e-2):
+        cfg = PretrainConfig(lr=1e-4, lr_adapters=1e-5, lr_gamma=lr_gamma, validation_images=0)
+        recipe = InstantBoothPretrain(world, cfg, InstantBoothConfig(), class_noun="animal")
+        groups[lr_gamma] = (recipe, recipe.trainable_parameters())
+        recipe.attached.detach()
+    two, (recipe, three) = groups[0.0][1], groups[1e-2]
     assert [g["name"] for g in two] == ["heads", "adapters"] and [g["name"] for g in three] == ["heads", "adapters",
                                                                                                  "gamma"]
-    gamma = three[2]
-    assert gamma["lr"] == 1e-2 and gamma["weight_decay"] == 0.0
-    assert all(names[id(p)].endswith("gamma") for p in gamma["params"]) and len(gamma["params"]) == 1
-    # every trainable parameter in exactly one group
-    ids = [id(p) for g in three for p in g["params"]]
+    assert [g["lr_scale"] for g in three] == pytest.approx([1.0, 0.1, 100.0]) and three[2]["weight_decay"] == 0.0
+    names = {id(p): n for n, p in recipe.ib.named_parameters()}
+    assert all(names[id(p)].endswith("gamma") for p in three[2]["params"]) and len(three[2]["params"]) == 11
+    ids = [id(p) for g in three for p in g["params"]]  # every trainable parameter in exactly one group
     assert sorted(ids) == sorted(names) and len(set(ids)) == len(ids)
-    for bad in ({"lr_gamma": -1.0}, {"object_weight": -0.5}):
+    for bad in ({"lr_gamma": -1.0}, {"object_weight": -0.5}, {"cond_scale": (0.9, 0.5)}):
         with pytest.raises(InputError):
             PretrainConfig(**bad)
 

@@ -87,14 +87,13 @@ def test_bad_encoder_is_a_clear_error_and_nothing_is_written(subject_photos, enc
 
 
 def test_app_offers_instantbooth_only_with_an_encoder_and_then_defaults_to_it(encoder, monkeypatch):
-    import boothkit.methods.instantbooth as ib
+    from boothkit import encoders
     from boothkit.app.registry import default_method, registered_methods
-    from boothkit.methods.instantbooth import concept as ib_concept
 
-    monkeypatch.setattr(ib, "shipped_encoder", lambda: None)
+    shipped = encoders.shipped()
+    monkeypatch.setattr(encoders, "shipped", lambda: [e for e in shipped if e.kind != "instantbooth"])
     assert METHODS["instantbooth"].unavailable_reason() and "instantbooth" not in registered_methods()
-    monkeypatch.setattr(ib, "shipped_encoder", lambda: encoder)
-    monkeypatch.setattr(ib_concept, "shipped_encoder", lambda: encoder)
+    monkeypatch.setattr(encoders, "shipped", lambda: shipped + [encoders.read(encoder, shipped=True)])
     assert default_method(registered_methods()) == "instantbooth"
 
 

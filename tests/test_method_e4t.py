@@ -15,17 +15,24 @@ from typer.testing import CliRunner
 
 from boothkit.inputs import InputError
 from boothkit.methods import METHODS, apply_concepts, tune
-from boothkit.methods.e4t import E4TConfig, EncoderConfig, PretrainConfig
+from boothkit.methods.e4t import E4TConfig, EncoderConfig
 from boothkit.methods.e4t import artifact
 from boothkit.methods.e4t.modules import (DomainEncoder, WordInjector, add_weight_offsets, embedding_l2,
                                           encoder_dims, weight_offset_l2)
-from boothkit.methods.e4t.pretrain import ScenePairs, pretrain_e4t
 from boothkit.pipeline import load_pipeline, world_path
+from boothkit.pretrain.encoders import pretrain_encoder
+from boothkit.training.loop import TrainingError
 
 from conftest import FAST, _reference_folder, max_pixel_diff, plain_pipeline, sample, validation_image
 
 PROMPT = "a photo of sks person"
-TINY = PretrainConfig(cls="person", steps=3, batch_size=2, checkpoint_every=2, val_batches=1)
+#: a 3-step world pretraining of the person domain, tiny batches, the loader in the training process
+TINY = {"steps": 3, "batch_size": 2, "checkpoint_every": 2, "heldout": 2, "workers": 0, "validate_every": 0,
+        "validation_images": 0}
+
+
+def pretrain_e4t(out, settings=TINY, **kw):
+    return pretrain_encoder("e4t", out, data="world", class_noun="person", settings=settings, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +45,20 @@ def person_photo(tmp_path_factory):
 def pretrained(tmp_path_factory):
     """A 3-step pretraining run: (encoder folder, summary)."""
     out = tmp_path_factory.mktemp("e4t") / "enc"
-    return out, pretrain_e4t(out, TINY, progress=False)
+    return out, pretrain_e4t(out)
+
+
+def shipped():
+    from boothkit.encoders import shipped
+
+    return shipped()
 
 
 @pytest.fixture(scope="module")
 def concept(tmp_path_factory, person_photo, pretrained):
     """`tune` with the default steps: the shipped person encoder when there is one, else the 3-step one."""
     cfg = dict(FAST)
-    if not artifact.is_encoder(artifact.default_encoder("person")):
+    if not any(e.kind == "e4t" and e.classes == "person" for e in shipped()):
         cfg["encoder"] = str(pretrained[0])
     return tune("e4t", person_photo, "person", tmp_path_factory.mktemp("e4t-concept") / "golfer", config=cfg)
 
@@ -89,25 +102,9 @@ def test_fresh_encoder_and_weight_offsets_are_an_exact_identity():
     assert float(embedding_l2(off)) == (25 + 1) / 2  # ||s E(x)||^2, mean over subjects
 
 
-def test_pretraining_draws_only_train_concepts_of_the_class():
-    from boothkit.world.concepts import all_concepts
-
-    cs = all_concepts()
-    data = ScenePairs("person", 8, 0)
-    a, b = data.make(5), data.make(5)
-    assert torch.equal(a["target"], b["target"]) and torch.equal(a["condition"], b["condition"])
-    assert a["captions"] == b["captions"] and all("<e4t> person" in c for c in a["captions"])
-    seen = [i for step in range(40) for i in data.make(step)["concepts"]]
-    assert all(cs[i].cls == "person" and not cs[i].heldout for i in seen)
-    assert len(set(seen)) > 100  # the train pool, not a handful
-    assert not torch.equal(a["target"], a["condition"])  # the condition is another photo of the concept
-    held = ScenePairs("person", 8, 0, heldout=True).make(0)["concepts"]  # only the validation loss uses these
-    assert all(cs[i].heldout for i in held)
-
-
 def test_pretrain_writes_files_and_resumes_to_identical_weights(tmp_path, pretrained):
     first, summary = pretrained
-    assert summary["steps"] == 3 and summary["first_step"] == 0 and summary["n_train_concepts"] > 400
+    assert summary["steps"] == 3 and summary["first_step"] == 0 and summary["data"]["kind"] == "world"
     assert sorted(p.name for p in first.iterdir()) == ["e4t_encoder.json", "e4t_encoder.safetensors"]
     full = load_file(str(first / artifact.ENCODER_WEIGHTS))
     assert {k.split(".")[0] for k in full} == {"encoder", "unet"}
@@ -115,23 +112,24 @@ def test_pretrain_writes_files_and_resumes_to_identical_weights(tmp_path, pretra
     assert full["encoder.fc2.weight"].abs().max() > 0  # the head left its zero start
     meta = json.loads((first / artifact.ENCODER_META).read_text())
     assert meta["class"] == "person" and meta["trained"] and meta["model_hash"] and meta["pretrain"]["steps"] == 3
+    assert meta["dims"]["text_dims"] == [128] and meta["family"] == "sd"
     work = first.parent / "enc.work"
-    assert sorted(p.name for p in work.iterdir()) == ["checkpoint-2", "checkpoint-3", "train_log.jsonl"]
+    assert sorted(p.name for p in work.iterdir()) == ["checkpoints", "train_log.jsonl"]
     log = [json.loads(line) for line in (work / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
     assert [r["step"] for r in log if "heldout_loss" in r] == [0, 3]  # held-out subjects: evaluated only
+    assert all({"denoise", "offset_sq", "weight_offset_sq"} <= set(r) for r in log if "loss" in r)
 
     # kill after step 2: resuming from checkpoint-2 gives the uninterrupted run's weights exactly
     out, work2 = tmp_path / "enc", tmp_path / "enc.work"
     shutil.copytree(work, work2)
-    shutil.rmtree(work2 / "checkpoint-3")
-    again = pretrain_e4t(out, TINY, resume=True, progress=False)
+    shutil.rmtree(work2 / "checkpoints" / "checkpoint-3")
+    again = pretrain_e4t(out, resume=True)
     assert again["first_step"] == 2
     resumed = load_file(str(out / artifact.ENCODER_WEIGHTS))
     assert resumed.keys() == full.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
-    with pytest.raises(InputError, match="other settings"):
-        pretrain_e4t(out, PretrainConfig(cls="person", steps=4, batch_size=2, lr=1.0, val_batches=0), resume=True,
-                     progress=False)
+    with pytest.raises(TrainingError, match="different run"):
+        pretrain_e4t(out, {**TINY, "steps": 4, "lr": 1.0}, resume=True)
 
 
 def test_tune_with_default_steps_writes_a_concept_that_apply_concepts_loads(concept):
@@ -220,13 +218,19 @@ def test_cli_pretrain_e4t(tmp_path):
     runner = CliRunner()
     out = tmp_path / "enc"
     r = runner.invoke(app, ["pretrain", "e4t", "--class", "animal", "--out", str(out), "--steps", "1", "--batch", "1",
-                            "--val-batches", "0", "--device", "cpu", "--frame"])
+                            "--set", "heldout=1", "--set", "workers=0", "--set", "frame=true",
+                            "--set", "validation_steps=2"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output[r.output.index("{"):])["steps"] == 1 and artifact.is_encoder(out)
+    assert json.loads(r.stdout[r.stdout.index("{"):])["steps"] == 1 and artifact.is_encoder(out)
     meta = artifact.read_encoder_meta(out)
     assert meta["preprocessing"]["frame"] is True and meta["pretrain"]["config"]["frame"] is True
+    assert sorted(p.name for p in (tmp_path / "enc.work" / "validation").iterdir()) == ["step-00001.png",
+                                                                                        "step-00001.txt"]
     r = runner.invoke(app, ["pretrain", "e4t", "--class", "dragon", "--out", str(tmp_path / "no")])
-    assert r.exit_code != 0 and not (tmp_path / "no").exists()
+    assert r.exit_code == 2 and "no class 'dragon'" in r.output and not (tmp_path / "no").exists()
+    r = runner.invoke(app, ["pretrain", "e4t", "--class", "animal", "--out", str(tmp_path / "no"), "--set", "rnk=2"])
+    assert r.exit_code == 2 and "--set rnk: unknown setting" in r.output and not (tmp_path / "no").exists()
+    assert not (tmp_path / "no.work").exists()
 
 
 def test_tuning_encodes_each_distinct_prompt_once_with_the_same_values_and_gradient():
@@ -265,38 +269,42 @@ def test_tuning_encodes_each_distinct_prompt_once_with_the_same_values_and_gradi
     assert float(want_grad.abs().sum()) > 0
 
 
-def test_frame_photos_whitens_the_background_and_centres_the_subject():
-    from boothkit.methods.e4t.modules import frame_photos
+def test_framing_on_tensors_is_frame_subject():
+    """Pretraining frames the condition photos on the device (e4t.pretrain.framed) as tuning frames the user's
+    photos (boothkit.data.frame_subject): the subject cut out on white, centred at 3/4 of the side."""
+    from PIL import Image
+
+    from boothkit.data import frame_subject
+    from boothkit.methods.e4t.pretrain import framed
     from boothkit.world.concepts import heldout_concepts
     from boothkit.world.references import render_references
 
     images, _ = render_references(heldout_concepts("person")[0], 3)
     photos = torch.stack([torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).float() / 255
                           for im in images])  # [3, 3, 64, 64]
-    framed = frame_photos(photos)
-    assert framed.shape == photos.shape
-    corners = framed[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]
-    assert (corners > 0.95).all()  # each photo's own background colour is gone
-    ink = (1 - framed).amax(1) > 0.1  # [3, 64, 64] the subject's pixels
-    for m in ink:
-        ys, xs = m.nonzero(as_tuple=True)
-        side = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
-        assert 0.6 * 64 <= side <= 0.85 * 64  # framed at about 3/4 of the side ...
-        assert abs((ys.max() + ys.min()) / 2 - 31.5) <= 3 and abs((xs.max() + xs.min()) / 2 - 31.5) <= 3  # centred
-    assert torch.equal(frame_photos(photos), framed)  # deterministic: pretraining and tuning frame alike
+    masks = torch.stack([(p - p[:, :1, :1]).abs().amax(0, keepdim=True) > 0.1 for p in photos]).float()  # not bg
+    out = framed(photos, masks)
+    assert out.shape == photos.shape and (out[:, :, [0, 0, -1, -1], [0, -1, 0, -1]] > 0.95).all()  # white corners
+    for im, m, f in zip(images, masks, out):
+        pil_mask = Image.fromarray((m[0].numpy() * 255).astype(np.uint8), "L")
+        want = np.asarray(frame_subject(im.convert("RGB"), pil_mask, size=64), dtype=np.float32) / 255
+        assert np.abs(f.permute(1, 2, 0).numpy() - want).mean() < 0.04
+    assert torch.equal(framed(photos, masks), out)  # deterministic
 
 
 def test_an_encoder_pretrained_on_framed_photos_frames_the_tuning_photos(tmp_path, person_photo, monkeypatch):
     import boothkit.methods.e4t.model as e4t_model
 
     out = tmp_path / "framed"
-    pretrain_e4t(out, PretrainConfig(cls="person", steps=1, batch_size=2, val_batches=0, frame=True), progress=False)
+    pretrain_e4t(out, {"steps": 1, "batch_size": 2, "heldout": 0, "workers": 0, "frame": True, "validate_every": 0,
+                       "validation_images": 0})
     assert artifact.read_encoder_meta(out)["preprocessing"]["frame"] is True
-    framed_batches = []
-    real = e4t_model.frame_photos
-    monkeypatch.setattr(e4t_model, "frame_photos", lambda x: framed_batches.append(x.shape) or real(x))
+    framed_sets = []
+    real = e4t_model.framed_pixels
+    monkeypatch.setattr(e4t_model, "framed_pixels", lambda photos, *a, **k: framed_sets.append(len(photos)) or
+                        real(photos, *a, **k))
     tune("e4t", person_photo, "person", tmp_path / "c", steps=1, config={**FAST, "encoder": str(out)})
-    assert framed_batches == [(1, 3, 64, 64)]  # the one tuning photo went through the same framing
+    assert framed_sets == [1]  # the one tuning photo went through the same framing
 
 
 def test_lr_encoder_gives_the_head_its_own_learning_rate(tmp_path, person_photo, pretrained, monkeypatch):

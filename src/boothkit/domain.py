@@ -62,6 +62,24 @@ def _vocabulary() -> tuple[frozenset, dict]:
     return frozenset(words), heldout
 
 
+def world_class(class_noun: str) -> str | None:
+    """The world class a class noun belongs to: the class itself ("person"), else the class of the world concepts
+    named by the noun ("rat" -> animal: exact name first, then names containing the word); None if unknown. Used to
+    pick and check the shipped E4T encoders (boothkit.encoders), which are per world class."""
+    from collections import Counter
+
+    from .world.concepts import CLASSES, all_concepts
+
+    noun = class_noun.strip().lower()
+    if noun in CLASSES:
+        return noun
+    exact = [c.cls for c in all_concepts() if c.name == noun]
+    if exact:
+        return exact[0]
+    words = Counter(c.cls for c in all_concepts() if noun in c.name.replace(",", " ").split())
+    return words.most_common(1)[0][0] if words else None
+
+
 def class_warning(class_noun: str, model: str = "world", flag: str = "--class") -> str | None:
     """A one-line warning when the world model never read the class noun; None when it did, or for other models."""
     if not is_world_model(model):

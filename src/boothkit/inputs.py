@@ -56,7 +56,8 @@ def load_subject_images(images: str | Path | list, min_images: int = 1, max_imag
     Bad files (not an image, corrupt, too small or too large) and blank photos (fully transparent, or a single
     colour: images.blank_reason) are skipped with one warning each, naming the file and the reason, as long as at
     least `min_images` good ones remain; otherwise an InputError lists every problem, so a set of only blank
-    photos is refused. Caption files (`.txt`, see `load_captioned_images`) are not photos: in a folder they are
+    photos is refused. A photo with transparency is composited on white and keeps its alpha channel as
+    ``image.info["alpha"]`` ("L"): the encoder methods' subject mask (boothkit.data.masks.reference_masks). Caption files (`.txt`, see `load_captioned_images`) are not photos: in a folder they are
     left out, with a warning that says how to train with them; named on their own they are an error.
     """
     return [im for _, im in _subject_files(images, min_images, max_images, min_side, max_pixels, captions=False)]
@@ -143,6 +144,8 @@ def _subject_files(images, min_images, max_images, min_side, max_pixels, caption
         if blank:
             skipped.append(Skipped(f, f"{f}: {blank} (nothing to learn from)"))
         else:
+            if alpha is not None and alpha.getextrema()[0] < 255:  # a cut-out: the encoder methods' subject mask
+                rgb.info["alpha"] = alpha
             good.append((f, rgb))
     if len(good) < min_images:
         if len(files) == 1 and not one_folder:  # the one photo named on its own

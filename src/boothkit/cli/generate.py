@@ -37,6 +37,11 @@ def generate(
     beta: float = typer.Option(None, "--beta", help="--instant: adapter strength (default: artifact's)."),
     uncond_beta: float = typer.Option(None, "--uncond-beta", help="--instant: adapter strength in guidance's "
                                       "negative half (default: beta; 0: image guidance, as IP-Adapter)."),
+    image_encoder: str = typer.Option(None, "--image-encoder", help="--instant: the CLIP vision tower (folder or "
+                                      "hub id; default: the one the encoder was trained with)."),
+    segmenter: str = typer.Option(None, "--segmenter", help="--instant: a CLIPSeg folder or hub id that cuts the "
+                                  "subject out of photos without transparency (default: a flat background is cut "
+                                  "away, any other photo is used whole)."),
     scheduler: str = SCHEDULER,
     model: str = MODEL,
     device: str = DEVICE,
@@ -52,6 +57,8 @@ def generate(
 
     if (instant is None) != (not images) or (instant and concept):
         raise UsageError("--instant and --images go together (and not with --concept)")
+    if (image_encoder or segmenter) and not instant:
+        raise UsageError("--image-encoder and --segmenter are for --instant")
     if weight and len(weight) != len(concept or []):
         raise UsageError(f"{len(weight)} --weight for {len(concept or [])} --concept: give one per concept")
     cfg = GenerateConfig(n=n, seed=seed, steps=steps, guidance=guidance, height=height, width=width,
@@ -74,12 +81,15 @@ def generate(
                 from ..encoders import shipped_instantbooth
 
                 instant = shipped_instantbooth(model).path
-            read_meta(instant)
+            from ..methods.vision import tower_source
+
+            image_encoder = image_encoder or tower_source(read_meta(instant))  # real base models ship none
             photos = load_reference_images(images_arg(images))
             warn_subject(None, None, model, photos=photos)
     except InputError as e:
         raise UsageError(str(e)) from e
-    pipe = load_pipeline(model, device=device, dtype=dtype, scheduler=scheduler, progress=verbose())
+    pipe = load_pipeline(model, device=device, dtype=dtype, scheduler=scheduler, progress=verbose(),
+                         image_encoder=image_encoder)
     try:
         if concept:
             from ..methods import apply_concepts
@@ -89,7 +99,7 @@ def generate(
             from ..methods.instantbooth import generate_instant
 
             pictures = generate_instant(pipe, instant, photos, prompt, cfg, alpha=alpha, beta=beta,
-                                        uncond_beta=uncond_beta)
+                                        uncond_beta=uncond_beta, segmenter=segmenter or "")
         else:
             pictures = generate_images(pipe, prompt, cfg)
     except InputError as e:

@@ -1,4 +1,4 @@
-"""`boothkit pretrain ...`: train the world model (and, later, encoder-method heads)."""
+"""`boothkit pretrain ...`: train the world model, and the encoder methods' encoders (boothkit.pretrain.encoders)."""
 
 from __future__ import annotations
 
@@ -44,83 +44,91 @@ def world(
     typer.echo(json.dumps(pretrain_world(cfg), indent=1))
 
 
-@pretrain_app.command("instantbooth")
-def instantbooth(
-    cls: str = typer.Option(..., "--class", help="Class of the train concepts: person, face, animal, plant, food, "
-                                                 "vehicle, object, or all (one model for every class)."),
-    out: str = typer.Option(..., "--out", "-o", help="Artifact folder (instantbooth.safetensors + .json)."),
-    steps: int = typer.Option(2000, "--steps", help="Optimizer steps."),
-    batch: int = typer.Option(8, "--batch", help="Scenes per step."),
-    lr_heads: float = typer.Option(1e-4, "--lr-heads", help="Learning rate of the concept and patch heads."),
-    lr_adapters: float = typer.Option(1e-6, "--lr-adapters", help="Learning rate of the adapters."),
-    lr_gamma: float = typer.Option(0.0, "--lr-gamma", help="Learning rate of the adapters' gates (0: --lr-adapters)."),
-    object_weight: float = typer.Option(0.0, "--object-weight",
-                                        help="Extra loss weight on the subject's pixels, 1 + w * mask (0: paper)."),
-    alpha: float = typer.Option(None, "--alpha", help="Inference default stored in the artifact: concept scale "
-                                                       "(0.4, the paper's; training uses 1)."),
-    beta: float = typer.Option(None, "--beta", help="Inference default stored in the artifact: adapter strength "
-                                                     "(0.3, the paper's; training uses 1)."),
-    seed: int = typer.Option(0, "--seed"),
-    checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Checkpoint every N steps."),
-    val_every: int = typer.Option(500, "--val-every", help="Held-out-subject loss every N steps (train_log)."),
-    val_batches: int = typer.Option(4, "--val-batches", help="Fixed held-out batches for that loss (0: none)."),
-    work: str = typer.Option("", "--work", help="Checkpoints and train_log.jsonl (default: <out>.work)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --work "
-                                                        "(--steps = its step: only write its artifact)."),
-    model: str = typer.Option("world", "--model", "-m", help="Base model (needs an image_encoder)."),
-    device: str = typer.Option("auto", "--device", help="cuda, mps, cpu or auto."),
-):
-    """Pretrain InstantBooth's concept/patch heads and UNet adapters on world scenes of train concepts."""
-    from ..generate import UsageError
+DATA_HELP = ("Training data: 'world' (the shipped emoji world, the default), a folder of photos with captions "
+             "(kohya photo.jpg + photo.txt, or an imagefolder with metadata.jsonl: file_name, text, optional "
+             "mask/bbox), a `datasets` save_to_disk folder or load_dataset name, or WebDataset .tar shards "
+             "(a file, a folder, or shard-{000..099}.tar). Each caption must name the class noun.")
+
+
+def _settings(config: str | None, set_: list[str] | None, flags: dict) -> dict:
+    """--config (a JSON file), then --set key=value, then the explicit options (which win)."""
+    from pathlib import Path
+
     from ..inputs import InputError
-    from ..methods.instantbooth.config import InstantBoothConfig, PretrainConfig
-    from ..methods.instantbooth.pretrain import pretrain_instantbooth
+    from .tune import _parse_set
 
-    try:
-        cfg = PretrainConfig(cls=cls, steps=steps, batch_size=batch, lr_heads=lr_heads, lr_adapters=lr_adapters,
-                             lr_gamma=lr_gamma, object_weight=object_weight, seed=seed,
-                             checkpoint_every=checkpoint_every, val_every=val_every, val_batches=val_batches)
-        knobs = {k: v for k, v in (("alpha", alpha), ("beta", beta)) if v is not None}
-        summary = pretrain_instantbooth(out, cfg, InstantBoothConfig(**knobs), model=model, work=work or None,
-                                        resume=resume, device=device)
-    except InputError as e:
-        raise UsageError(str(e)) from e
-    typer.echo(json.dumps(summary, indent=1))
+    settings = {}
+    if config:
+        try:
+            settings = json.loads(Path(config).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(f"--config {config}: cannot read a JSON object ({e})") from e
+        if not isinstance(settings, dict):
+            raise InputError(f"--config {config}: must hold a JSON object")
+    settings.update(_parse_set(set_))
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    return settings
 
 
-@pretrain_app.command("e4t")
-def e4t(
-    cls: str = typer.Option(..., "--class", help="The domain: a world class (person, face, animal, plant, food, "
-                                                 "vehicle, object)."),
-    out: str = typer.Option(..., "--out", "-o", help="Encoder folder (e4t_encoder.safetensors + .json)."),
-    steps: int = typer.Option(1000, "--steps", help="Optimizer steps."),
-    batch: int = typer.Option(8, "--batch", help="Scenes per step."),
-    lr: float = typer.Option(3e-4, "--lr", help="Learning rate of the encoder head."),
-    lr_offsets: float = typer.Option(3e-4, "--lr-offsets", help="Learning rate of the weight offsets."),
-    rank: int = typer.Option(4, "--rank", help="Rank of the weight offsets on the UNet's q/k/v projections."),
-    seed: int = typer.Option(0, "--seed"),
-    checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Checkpoint every N steps."),
-    val_every: int = typer.Option(250, "--val-every", help="Held-out-subject loss every N steps (train_log)."),
-    val_batches: int = typer.Option(2, "--val-batches", help="Fixed held-out batches for that loss (0: none)."),
-    frame: bool = typer.Option(False, "--frame", help="Frame the photos the encoder reads (background to white, "
-                                                      "subject centred), in pretraining and at tuning."),
-    work: str = typer.Option("", "--work", help="Checkpoints and train_log.jsonl (default: <out>.work)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --work."),
-    model: str = typer.Option("world", "--model", "-m", help="Base model (needs an image_encoder)."),
-    device: str = typer.Option("auto", "--device", help="cuda, mps, cpu or auto."),
-):
-    """Pretrain an E4T domain encoder and weight offsets on world scenes of one class's train concepts."""
-    from ..generate import UsageError
-    from ..inputs import InputError
-    from ..methods.e4t.config import EncoderConfig, PretrainConfig
-    from ..methods.e4t.pretrain import pretrain_e4t
+def _encoder_command(method: str, summary: str, class_help: str):
+    """`boothkit pretrain instantbooth|e4t`: the same options for both (boothkit.pretrain.encoders)."""
 
-    try:
-        cfg = PretrainConfig(cls=cls, steps=steps, batch_size=batch, lr=lr, lr_offsets=lr_offsets, seed=seed,
-                             checkpoint_every=checkpoint_every, val_every=val_every, val_batches=val_batches,
-                             frame=frame)
-        summary = pretrain_e4t(out, cfg, EncoderConfig(rank=rank, alpha=float(rank)), model=model,
-                               work=work or None, resume=resume, device=device)
-    except InputError as e:
-        raise UsageError(str(e)) from e
-    typer.echo(json.dumps(summary, indent=1))
+    def command(
+        data: str = typer.Option("world", "--data", help=DATA_HELP),
+        cls: str = typer.Option(None, "--class", help=class_help),
+        out: str = typer.Option(None, "--out", "-o", help="Encoder folder to write."),
+        model: str = typer.Option("world", "--model", "-m", help="Base model: 'world', a diffusers SD-1.x/2.x or "
+                                  "SDXL folder, or a hub id."),
+        image_encoder: str = typer.Option(None, "--image-encoder", help="CLIP vision tower (a "
+                                          "CLIPVisionModelWithProjection folder or hub id, e.g. "
+                                          "openai/clip-vit-large-patch14; default: the base model's image_encoder)."),
+        segmenter: str = typer.Option(None, "--segmenter", help="CLIPSeg folder or hub id that cuts the subject out "
+                                      "of records with no alpha, mask or bbox (prompted with the class noun)."),
+        resolution: int = typer.Option(None, "--resolution", help="Training image side (default: the model's)."),
+        batch: int = typer.Option(None, "--batch", help="Images per process per micro-step."),
+        grad_accum: int = typer.Option(None, "--grad-accum", help="Micro-steps per optimizer step."),
+        steps: int = typer.Option(None, "--steps", help="Optimizer steps."),
+        mixed_precision: str = typer.Option(None, "--mixed-precision", help="auto, no, fp16 or bf16."),
+        gradient_checkpointing: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing",
+                                                    help="Recompute the UNet's activations in the backward pass."),
+        config: str = typer.Option(None, "--config", help="JSON file of settings (see --show-config)."),
+        set_: list[str] = typer.Option(None, "--set", help="One setting: key=value (repeatable; see --show-config)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --work (--steps "
+                                    "at its step: only write its encoder)."),
+        work: str = typer.Option(None, "--work", help="Checkpoints, validation grids and train_log.jsonl (default: "
+                                 "<out>.work)."),
+        show_config: bool = typer.Option(False, "--show-config", help="Print every setting and its default, exit."),
+    ):
+        from ..pretrain.encoders import configs_of, pretrain_encoder
+
+        if show_config:
+            _, cfg, shape, dcfg = configs_of(method, {})
+            typer.echo(json.dumps({"train": cfg.to_dict(), "encoder": shape.to_dict(), "data": dcfg.to_dict()},
+                                  indent=1))
+            raise typer.Exit()
+        missing = [flag for flag, v in (("--class", cls), ("--out", out)) if not v]
+        if missing:
+            from ..generate import UsageError
+
+            raise UsageError(f"missing {', '.join(missing)} (needed unless --show-config)")
+        flags = {"resolution": resolution, "batch_size": batch, "grad_accum": grad_accum, "steps": steps,
+                 "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing}
+        result = pretrain_encoder(method, out, data=data, class_noun=cls, model=model, image_encoder=image_encoder,
+                                  segmenter=segmenter, settings=_settings(config, set_, flags), resume=resume,
+                                  work=work)
+        if result.pop("is_main_process"):
+            typer.echo(json.dumps(result, indent=1))
+
+    command.__doc__ = summary
+    return command
+
+
+pretrain_app.command("instantbooth")(_encoder_command(
+    "instantbooth",
+    "Pretrain InstantBooth's concept/patch heads and UNet adapters on a dataset (or the world) for a base model.",
+    "The class noun every caption names (the identifier goes in front of it); 'all' with --data world: one "
+    "encoder for every world class."))
+pretrain_app.command("e4t")(_encoder_command(
+    "e4t",
+    "Pretrain an E4T domain encoder and weight offsets on a dataset of one class (or the world's) for a base model.",
+    "The domain: the class noun every caption names (with --data world: a world class, e.g. person)."))

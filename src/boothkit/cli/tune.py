@@ -46,6 +46,8 @@ def tune(
     captions: bool = typer.Option(False, "--captions", help="Train each photo with the caption file beside it "
                                   "(photo.txt, naming the subject by its identifier, kohya's way) instead of "
                                   "'a photo of <identifier> <class>'."),
+    image_encoder: str = typer.Option(None, "--image-encoder", help="e4t, instantbooth: the CLIP vision tower "
+                                      "(folder or hub id; default: the one the method's encoder was trained with)."),
     show_config: bool = typer.Option(False, "--show-config", help="Print the method's default config and exit."),
     model: str = MODEL,
 ):
@@ -89,7 +91,7 @@ def tune(
             warn_subject(imgs, cls, model)  # the world model: a class noun it never read, photos unlike its scenes
         path = run_tune(method, images_arg(images), class_noun, out, model=model, steps=steps,
                         identifier=identifier, config=cfg, resume=resume, subjects=subjects or None,
-                        captions=captions)
+                        captions=captions, image_encoder=image_encoder)
     except (InputError, TrainingError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2)

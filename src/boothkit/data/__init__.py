@@ -15,12 +15,14 @@ No method imports boothkit.world: the world is the `world` source here.
 from .captions import rewrite_caption
 from .condition import ConditionConfig, frame_subject, mask_boxes, subject_condition
 from .hf import Columns
-from .loader import LoaderConfig, augment_generator, build_loader, to_device, validation_batch
+from .loader import (LoaderConfig, augment_generator, batch_rows, build_loader, count_skipped, micro_conditioning,
+                     row_image, to_device, validation_batch)
 from .masks import Segmenter, on_white
 from .record import Record, ScanReport, Unusable
 from .sources import open_source
 from .world import WorldOptions
 
 __all__ = ["Columns", "ConditionConfig", "LoaderConfig", "Record", "ScanReport", "Segmenter", "Unusable",
-           "WorldOptions", "augment_generator", "build_loader", "frame_subject", "mask_boxes",
-           "on_white", "open_source", "rewrite_caption", "subject_condition", "to_device", "validation_batch"]
+           "WorldOptions", "augment_generator", "batch_rows", "build_loader", "count_skipped", "frame_subject", "mask_boxes",
+           "micro_conditioning", "on_white", "open_source", "rewrite_caption", "row_image", "subject_condition",
+           "to_device", "validation_batch"]

@@ -199,6 +199,34 @@ def to_device(batch: dict, device: str | torch.device, non_blocking: bool = True
     return out
 
 
+def batch_rows(batch: dict, index: slice) -> dict:
+    """Some rows of a batch: its tensors and per-row lists sliced, the rest (skipped, step, micro) kept."""
+    n = len(batch["captions"])
+    return {k: v[index] if (torch.is_tensor(v) and v.dim() and v.shape[0] == n) or (isinstance(v, list) and len(v) == n)
+            else v for k, v in batch.items()}
+
+
+def micro_conditioning(batch: dict) -> torch.Tensor:
+    """[B, 6] SDXL's (original h, w, crop top, left, target h, w) of each row (boothkit.families.micro_conditioning's
+    order): the photo's size, the crop's place in the photo resized to the batch's side, that side."""
+    b, s = batch["pixels"].shape[0], batch["pixels"].shape[-1]
+    target = torch.tensor([[s, s]], dtype=torch.long).expand(b, 2)
+    return torch.cat([batch["original_size"].cpu(), batch["crop_top_left"].cpu(), target], 1)
+
+
+def count_skipped(counts: dict[str, int], batch: dict | None) -> None:
+    """Add a batch's `skipped` counts (records the loader replaced or dropped, by reason; a bad record of a map-style
+    source counts once per epoch) to `counts`."""
+    for reason, n in ((batch or {}).get("skipped") or {}).items():
+        counts[reason] = counts.get(reason, 0) + int(n)
+
+
+def row_image(pixels: torch.Tensor) -> Image.Image:
+    """One row's pixels [3, H, W] in [-1, 1] (a float batch's) -> RGB PIL."""
+    a = ((pixels.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(a, "RGB")
+
+
 _WARNED: set[str] = set()  #: records this process has already warned about
 
 

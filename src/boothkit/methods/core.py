@@ -50,7 +50,7 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
          identifier: str | None = None, config: dict | None = None, resume: bool = False,
          progress: Callable[[int, int], None] | None = None, subjects: list[tuple] | None = None,
          on_step: Callable[[int, float], None] | None = None, device: str | None = "cpu",
-         captions: bool = False) -> Path:
+         captions: bool = False, image_encoder: str | None = None) -> Path:
     """Personalise `model` on the photos in `images`; write a concept folder at `out`; return its path.
 
     subjects: more (images, class_noun) pairs trained jointly (methods with multi_concept, i.e. Custom Diffusion);
@@ -59,6 +59,8 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
     (`photo.txt`, naming the subject by its token; inputs.load_captioned_images) instead of DreamBooth's one
     prompt "a photo of <token> <class>"; the class images of prior preservation keep their class prompt, and
     Custom Diffusion's random_resize puts its size word in front of each caption.
+    image_encoder: the CLIP vision tower the encoder methods read (a folder or hub id); default: the one their
+    pretrained encoder was trained with (MethodSpec.image_encoder), else the base model's own.
     """
     from ..pipeline import load_pipeline, model_hash
     from ..training.loop import cpu_only, train
@@ -85,8 +87,10 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
 
     from accelerate import PartialState
 
+    if image_encoder is None and spec.image_encoder is not None:  # the encoder methods' vision tower
+        image_encoder = spec.image_encoder(cfg, model, class_noun)
     state = PartialState(cpu=cpu_only())  # under `accelerate launch`: one of several processes; only the main one writes
-    pipe = load_pipeline(model, device=device, dtype="fp32", progress=False)
+    pipe = load_pipeline(model, device=device, dtype="fp32", progress=False, image_encoder=image_encoder)
     base_hash = model_hash(model)
     from ..families import family_of
 
@@ -108,7 +112,7 @@ def tune(method: str, images, class_noun: str, out, *, model: str = "world", ste
                 imgs_c = class_images(pipe, base_hash, pp, cfg.num_class_images, cfg.class_sample_steps)
             prior = ImageSet.from_images(imgs_c, size, pp)
         subs.append(Subject(ImageSet.from_images(photos, size, instance_prompt(token, cls), caps,
-                                                 crop=getattr(cfg, "crop", "center")), cls, token, prior))
+                                                 crop=getattr(cfg, "crop", "center")), cls, token, prior, photos))
 
     # what decides the weights after step k (so a resume may change --steps or the checkpoint/validation cadence)
     trajectory = {k: v for k, v in cfg.to_dict().items()

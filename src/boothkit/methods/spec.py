@@ -24,6 +24,9 @@ class MethodSpec:
     available: Callable[[], str | None] | None = None
     #: export_webui(ExportContext) -> WebuiFiles (methods/webui.py: kohya LoRA, A1111 embedding); None: no such file
     export: Callable | None = None
+    #: encoder methods: image_encoder(cfg, model, class_noun) -> the vision tower `tune` loads beside the base model
+    #: (the one the method's pretrained encoder was trained with; None: the base model's own)
+    image_encoder: Callable | None = None
 
     def unavailable_reason(self) -> str | None:
         return self.available() if self.available else None

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -117,33 +116,3 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
         state.setdefault(int(pid), {})[name] = v
     sd["state"] = state
     opt.load_state_dict(sd)
-
-
-def check_resume(ck: Path, saved_run: dict, run: dict, resumable: set[str], also: tuple[str, ...]) -> None:
-    """Refuse to resume `run` from checkpoint `ck` when the checkpoint's run had other settings: every config field
-    except those in `resumable` (steps, cadence) and every key named in `also` must match."""
-    from ..inputs import InputError
-
-    old_cfg, new_cfg = saved_run.get("config", {}), run["config"]
-    diff = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k) and k not in resumable)
-    diff += [k for k in also if saved_run.get(k) != run.get(k)]
-    if diff:
-        raise InputError(f"--resume: {ck} belongs to a run with other settings ({diff}); "
-                         "start a new run (without --resume) or use its settings")
-
-
-def resume_point(work: Path, resume: bool, run: dict, resumable: set[str], also: tuple[str, ...],
-                 saved_run: Callable[[dict], dict] = lambda r: r) -> tuple[int, Path | None, dict | None]:
-    """Where a pretraining run starts: (step, checkpoint, its tensor groups) of the newest complete checkpoint in
-    `work` when resuming (refused by check_resume if its run had other settings; saved_run normalises the saved run
-    first), else (0, None, None); a run that does not resume starts from an empty `work`. `work` exists afterwards.
-    """
-    ck = latest_checkpoint(work) if resume else None
-    if ck is not None:
-        meta, groups = load_checkpoint(ck)
-        check_resume(ck, saved_run(meta.get("run", {})), run, resumable, also=also)
-        return meta["step"], ck, groups
-    if not resume and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    return 0, None, None

@@ -19,6 +19,7 @@ class Subject:
     class_noun: str
     token: str  #: the identifier in prompts: "sks", "<new1>", "<boothkit>"
     prior: ImageSet | None = None  #: class / regularisation images ("a photo of a dog"), or None
+    photos: list | None = None  #: the decoded photos (PIL, alpha in info), for methods that read them (E4T framing)
 
 
 class Recipe:

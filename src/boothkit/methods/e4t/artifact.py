@@ -1,15 +1,19 @@
 """E4T's two artifacts: the pretrained domain encoder (per class) and the tuned concept (per subject).
 
-Pretrained domain encoder, a folder (assets/e4t/<class>/ ships one per class; `boothkit pretrain e4t` writes one):
+Pretrained domain encoder, a folder (assets/e4t/<class>/ ships one per world class; `boothkit pretrain e4t` writes
+one for any base model and data):
 
     e4t_encoder.safetensors   encoder.*  the head (CLIP features -> embedding offset)
                               unet.*     the domain's weight offsets (peft LoRA tensors, adapter name dropped)
-    e4t_encoder.json          encoder config and sizes, class word, base model + hash, preprocessing, pretraining
+    e4t_encoder.json          encoder config and sizes, class word, what it was trained for (base model + hash,
+                              family, vision tower + hash: methods.vision), preprocessing, pretraining
 
 Tuned concept (what `tune` writes; core.tune adds concept.json), in the formats stock diffusers loaders read:
 
     learned_embeds.safetensors    {token: [1, D]}: the final word e = embed(class) + s * E(photos), computed once
-                                  with the tuned encoder (pipe.load_textual_inversion; the TI method's file)
+                                  with the tuned encoder (pipe.load_textual_inversion; the TI method's file);
+                                  SDXL: also learned_embeds_2.safetensors, the word in text_encoder_2 (each file
+                                  loads into its encoder, as the TI method's SDXL concepts)
     pytorch_lora_weights.safetensors  the tuned weight offsets as a LoRA (pipe.load_lora_weights; the LoRA
                                   method's writer)
 
@@ -43,53 +47,15 @@ def is_encoder(folder: str | Path) -> bool:
     return (Path(folder) / ENCODER_META).is_file() and (Path(folder) / ENCODER_WEIGHTS).is_file()
 
 
-def default_encoder(cls: str) -> Path:
-    """The shipped encoder of a class: src/boothkit/assets/e4t/<class>/."""
-    return Path(__file__).resolve().parents[2] / "assets" / "e4t" / cls
-
-
-def shipped_classes() -> list[str]:
-    """Classes with a shipped encoder (assets/e4t/<class>/)."""
-    root = default_encoder("person").parent
-    return sorted(p.name for p in root.iterdir() if is_encoder(p)) if root.is_dir() else []
-
-
-def domain_of(class_noun: str) -> str | None:
-    """The world class a class noun belongs to: the class itself ("person"), else the class of the world concepts
-    named by the noun ("rat" -> animal: exact name first, then names containing the word); None if unknown."""
-    from collections import Counter
-
-    from ...world.concepts import CLASSES, all_concepts
-
-    noun = class_noun.strip().lower()
-    if noun in CLASSES:
-        return noun
-    exact = [c.cls for c in all_concepts() if c.name == noun]
-    if exact:
-        return exact[0]
-    words = Counter(c.cls for c in all_concepts() if noun in c.name.replace(",", " ").split())
-    return words.most_common(1)[0][0] if words else None
-
-
-def resolve_encoder(path: str, class_noun: str) -> Path:
-    """`path` if given, else the shipped encoder of the noun's domain; InputError saying what to do when there is
-    none."""
+def resolve_encoder(path: str, class_noun: str, model: str = "world") -> Path:
+    """`path` if given, else the encoder shipped for the class noun on base model `model` (boothkit.encoders); an
+    InputError saying what to do when there is none."""
     if path:
         read_encoder_meta(path)
         return Path(path)
-    domain = domain_of(class_noun)
-    if domain is None:
-        from ...world.concepts import CLASSES
+    from ...encoders import shipped_e4t
 
-        raise InputError(f"e4t: class {class_noun!r} is not a world class and names no world concept, so no shipped "
-                         f"encoder applies; pretrain one for the class it belongs to (one of {', '.join(CLASSES)}) "
-                         f"with `boothkit pretrain e4t --class CLASS --out DIR` and pass it with --set encoder=DIR")
-    shipped = default_encoder(domain)
-    if not is_encoder(shipped):
-        which = f"class {class_noun!r}" + (f" (world class {domain!r})" if domain != class_noun else "")
-        raise InputError(f"e4t: no pretrained encoder ships for {which}; pretrain one with "
-                         f"`boothkit pretrain e4t --class {domain} --out DIR` and pass it with --set encoder=DIR")
-    return shipped
+    return Path(shipped_e4t(class_noun, model).path)
 
 
 def read_encoder_meta(folder: str | Path) -> dict:
@@ -145,22 +111,26 @@ def _sha256(path: Path) -> str:
 
 # --- the tuned concept ------------------------------------------------------------------------------------------
 def save(recipe, folder: Path) -> dict:
-    """Write the final word (textual-inversion file) and the tuned weight offsets (LoRA file) into folder."""
+    """Write the final word (one textual-inversion file per text encoder of the family: SD learned_embeds, SDXL
+    also learned_embeds_2) and the tuned weight offsets (LoRA file) into folder."""
     from safetensors.torch import save_file
 
     token = recipe.subjects[0].token
-    word = recipe.word().detach().to("cpu", torch.float32).reshape(1, -1).contiguous()  # [1, D]
-    save_file({token: word}, str(Path(folder) / ti_artifact.WEIGHTS))
+    words = [w.detach().to("cpu", torch.float32).reshape(1, -1).contiguous() for w in recipe.word()]  # [1, D_i]
+    files = []
+    for slot, word in zip(recipe.family.slots, words):
+        save_file({token: word}, str(Path(folder) / slot.ti_weights))
+        files.append(slot.ti_weights)
     enc = recipe.encoder.cfg
     # the LoRA writer reads unet, train_modules and cfg.rank / cfg.alpha; the offsets' shape is the encoder's
     lora = lora_artifact.save(SimpleNamespace(unet=recipe.unet, train_modules=("unet",), family=recipe.family,
                                               cfg=SimpleNamespace(rank=enc.rank, alpha=enc.alpha)), folder)
-    return {"files": [ti_artifact.WEIGHTS, *lora["files"]], "lora": lora["lora"],
+    return {"files": [*files, *lora["files"]], "lora": lora["lora"],
             "e4t": {"encoder": str(recipe.encoder_path),
                     "encoder_sha256": _sha256(recipe.encoder_path / ENCODER_WEIGHTS),
                     "encoder_class": recipe.encoder_meta.get("class"),
                     "class_word": recipe.class_word, "offset_norm": round(float(recipe.offset().detach().norm()), 5),
-                    "word_norm": round(float(word.norm()), 5)}}
+                    "word_norm": round(float(torch.cat(words, -1).norm()), 5)}}
 
 
 def load(pipe, folder: Path, meta: dict) -> str:

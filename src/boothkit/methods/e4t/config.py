@@ -1,7 +1,7 @@
 """E4T settings (Gal et al. 2023, arXiv 2302.12228): the encoder's shape, domain pretraining, domain tuning.
 
 `EncoderConfig` is stored in the pretrained encoder's json (what rebuilds the head and the weight offsets);
-`PretrainConfig` describes one domain-pretraining run; `E4TConfig` is the per-subject domain tuning that
+`PretrainConfig` describes one domain-pretraining run (a TrainConfig, run by the shared training loop); `E4TConfig` is the per-subject domain tuning that
 `boothkit tune --method e4t` runs (a TrainConfig, so it shares the training loop, checkpoints and resume).
 """
 
@@ -39,39 +39,34 @@ class EncoderConfig(_Dict):
 
 
 @dataclass
-class PretrainConfig(_Dict):
-    """One domain-pretraining run on world scenes of TRAIN concepts of one class (held-out subjects never drawn)."""
+class PretrainConfig(TrainConfig):
+    """One domain-pretraining run (`boothkit pretrain e4t`): the shared training settings (mixed precision, gradient
+    accumulation and checkpointing, 8-bit Adam, checkpoints, validation cadence, lr schedules) and E4T's own. `lr`
+    is the encoder head's learning rate; the weight offsets are a parameter group at lr_offsets."""
 
-    cls: str = "person"  #: the domain: a world class ("person", "animal", ...)
     steps: int = 1000  #: optimizer steps
-    batch_size: int = 8  #: scenes per step
+    batch_size: int = 8  #: images per process per micro-step
     lr: float = 3e-4  #: AdamW lr of the encoder head
     lr_offsets: float = 3e-4  #: AdamW lr of the weight offsets
     reg_embedding: float = 1e-2  #: lambda of the L2 penalty on the embedding offset s * E(x) (mean square per dim x D)
     reg_weights: float = 1e-2  #: lambda of the L2 penalty on the weight offsets (sum of ||Delta W||_F^2)
     weight_decay: float = 0.0  #: AdamW weight decay (the L2 penalties are the regularisers)
-    max_grad_norm: float = 1.0  #: gradient clipping (0 = off)
-    seed: int = 0  #: decides initialisation, data, noise and timesteps
-    checkpoint_every: int = 100  #: resumable checkpoint every N steps (0 = only at the end)
-    keep_checkpoints: int = 2  #: keep the newest K complete checkpoints
-    val_every: int = 250  #: held-out denoising loss every N steps (also before the first and after the last step)
-    val_batches: int = 2  #: fixed batches of HELD-OUT concepts of the class for that loss (0 = none)
-    #: frame the condition photos (flat background to white, subject centred at 3/4 of the side), as tuning then
-    #: frames the user's photos (recorded in the encoder's preprocessing); False: photos as given (the paper)
+    #: left-right flips of the target images (off: captions may say "on the left")
+    flip: bool = False
+    checkpoint_every: int = 100  #: resumable checkpoint every N steps (0 = only the last one)
+    keep_training_state: bool = True  #: keep the checkpoints (the last step's too: a finished run can go on)
+    validate_every: int = 250  #: held-out loss (and grids, with validation_images) every N steps; also first and last
+    validation_images: int = 2  #: held-out records drawn in each validation grid (reference, then generated)
+    heldout: int = 8  #: records kept out of training for the held-out loss and grids (world: held-out concepts)
+    #: frame the photos the encoder reads (the subject cut out on white by its mask, centred at 3/4 of the side), in
+    #: pretraining and at tuning (recorded in the encoder's preprocessing); False: the photos as given (the paper)
     frame: bool = False
 
-    def __post_init__(self):
-        from ...world.concepts import CLASSES
-
-        _need(self.cls in CLASSES, f"cls must be one of {CLASSES} (got {self.cls!r})")
-        _need(self.steps >= 1, f"steps must be at least 1 (got {self.steps})")
-        _need(self.batch_size >= 1, f"batch_size must be at least 1 (got {self.batch_size})")
-        _need(self.lr > 0 and self.lr_offsets > 0, "learning rates must be positive")
+    def validate(self) -> None:
+        super().validate()
+        _need(self.lr_offsets > 0, "lr_offsets must be positive")
         _need(self.reg_embedding >= 0 and self.reg_weights >= 0, "reg_embedding and reg_weights must be >= 0")
-        _need(self.weight_decay >= 0 and self.max_grad_norm >= 0, "weight_decay and max_grad_norm must be >= 0")
-        _need(self.checkpoint_every >= 0, "checkpoint_every must be >= 0")
-        _need(self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1")
-        _need(self.val_every >= 0 and self.val_batches >= 0, "val_every and val_batches must be >= 0")
+        _need(self.heldout >= 0, "heldout must be >= 0")
 
 
 @dataclass
@@ -83,7 +78,8 @@ class E4TConfig(TrainConfig):
     lr_encoder: float | None = None  #: the encoder head's own lr (None: lr); the weight offsets keep lr
     batch_size: int = 16  #: augmented (flipped) copies of the subject photo(s) per step (the paper's 16)
     weight_decay: float = 0.0  #: the L2 penalties below are the regularisers
-    encoder: str = ""  #: pretrained E4T encoder folder (default: assets/e4t/<world class of the class noun>/)
+    encoder: str = ""  #: pretrained E4T encoder folder (default: the one shipped for the class noun: boothkit.encoders)
+    segmenter: str = ""  #: encoders pretrained on framed photos: a CLIPSeg folder or id that cuts the subject out
     #: lambdas of the L2 penalties on the embedding offset and on the weight offsets while TUNING (pretraining keeps
     #: the paper's 1e-2). Off by default: in 5 steps they only pull identity back (judge-I +0.02 without them on
     #: both the --val and the --full subjects: results/e4t_val/); set them to 1e-2 for the paper's tuning loss

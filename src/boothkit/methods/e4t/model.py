@@ -13,10 +13,38 @@ import torch
 
 from ...inputs import InputError
 from ...training.recipe import Recipe
-from ..ti.model import add_tokens
-from .artifact import domain_of, load_encoder, resolve_encoder
-from .modules import (WordInjector, add_weight_offsets, clip_features, embedding_l2, encoder_dims, frame_photos,
+from ..ti.model import add_tokens_per_encoder
+from .artifact import load_encoder, resolve_encoder
+from .modules import (WordInjector, add_weight_offsets, clip_features, dims_fit, embedding_l2, encoder_dims,
                       offset_parameters, weight_offset_l2)
+
+
+def class_embeddings(family, holder, word: str) -> list[torch.Tensor]:
+    """Each text encoder's input embedding of the class word's first token (the base of E4T's offset): [D_i] per
+    slot of the family. holder: the pipeline or a recipe (what has the slots' attributes)."""
+    out = []
+    for slot in family.slots:
+        tok, enc = getattr(holder, slot.tokenizer), getattr(holder, slot.encoder)
+        ids = tok.encode(word, add_special_tokens=False)
+        if not ids:
+            raise InputError(f"e4t: the class word {word!r} encodes to no token")
+        out.append(enc.get_input_embeddings().weight.detach()[ids[0]].clone())
+    return out
+
+
+def framed_pixels(photos: list, class_noun: str, size: int, segmenter: str = "", device=None) -> torch.Tensor:
+    """Photos (PIL) framed as an encoder pretrained with `frame` read them (methods.vision.framed_references: the
+    subject cut out on white by its alpha / the segmenter / a flat background, centred at 3/4 of the side)
+    -> [N, 3, size, size] in [0, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    from .. import vision
+
+    framed = vision.framed_references(photos, class_noun, segmenter=segmenter, device=device)
+    arr = np.stack([np.asarray(f.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+                    for f in framed])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2)  # [N, 3, size, size]
 
 
 class E4TRecipe(Recipe):
@@ -25,28 +53,28 @@ class E4TRecipe(Recipe):
     def setup(self) -> None:
         from peft.utils import set_peft_model_state_dict
 
-        from ..core import pipeline_model_hash
+        from ...encoders import e4t_class_conflict
+        from .. import vision
 
         cfg, subject = self.cfg, self.subjects[0]
-        self.encoder_path = resolve_encoder(cfg.encoder, subject.class_noun)
+        model = getattr(self.pipe, "boothkit_model", None) or "world"
+        self.encoder_path = resolve_encoder(cfg.encoder, subject.class_noun, model)
         encoder, offsets, meta = load_encoder(self.encoder_path)
         self.encoder_meta = meta
         where = f"e4t encoder {self.encoder_path}"
-        domain = domain_of(subject.class_noun)
-        if domain is not None and meta.get("class") != domain:
-            raise InputError(f"{where} was pretrained for class {meta.get('class')!r}, but {subject.class_noun!r} is "
-                             f"in class {domain!r}: use that class's encoder "
-                             f"(`boothkit pretrain e4t --class {domain}`)")
-        if meta.get("model_hash") != pipeline_model_hash(self.pipe):
-            raise InputError(f"{where} was pretrained on base model {meta.get('base_model')!r} (hash "
-                             f"{meta.get('model_hash')}), not on this one: use --model {meta.get('base_model')}")
-        if meta["dims"] != encoder_dims(self.pipe):
+        conflict = e4t_class_conflict(meta.get("class") or "", subject.class_noun)
+        if conflict:
+            raise InputError(f"{where} {conflict}")
+        vision.require_tower(self.pipe, where)
+        vision.check_fits(self.pipe, meta, where)
+        if not dims_fit(meta["dims"], encoder_dims(self.pipe)):
             raise InputError(f"{where} does not fit this pipeline's sizes ({meta['dims']} vs "
                              f"{encoder_dims(self.pipe)})")
         self.class_word = meta.get("class_word", subject.class_noun)
-        (self.token_id,) = add_tokens(self.tokenizer, self.text_encoder, [subject.token], self.class_word)
-        class_id = self.tokenizer.encode(self.class_word, add_special_tokens=False)[0]
-        self.class_embedding = self.text_encoder.get_input_embeddings().weight.detach()[class_id].clone()  # [D]
+        # the identifier as a new token in every text encoder (SDXL: both), its rows the class word's
+        self.token_ids = [ids[0] for ids in add_tokens_per_encoder(self.family, self, [subject.token],
+                                                                   self.class_word)]
+        self.class_embedding = class_embeddings(self.family, self, self.class_word)  # [D_i] per encoder
         add_weight_offsets(self.unet, encoder.cfg)
         unexpected = set_peft_model_state_dict(self.unet, offsets).unexpected_keys
         if unexpected:
@@ -55,30 +83,40 @@ class E4TRecipe(Recipe):
         for p in self.offsets.values():
             p.requires_grad_(True)
         self.encoder = encoder.train().requires_grad_(True)
-        photos = (subject.images.pixels + 1) / 2  # [N, 3, S, S] in [0, 1]
         pre = meta["preprocessing"]
         if pre.get("frame"):  # the encoder was pretrained on framed photos: frame these the same way
-            photos = frame_photos(photos)
+            from ...data import row_image
+
+            given = subject.photos or [row_image(p) for p in subject.images.pixels]  # the decoded photos, else crops
+            photos = framed_pixels(given, subject.class_noun, pre["image_size"], cfg.segmenter,
+                                   self.pipe.image_encoder.device)
+        else:
+            photos = (subject.images.pixels + 1) / 2  # [N, 3, S, S] in [0, 1]: each photo's centre square
         feats = clip_features(self.pipe.image_encoder, photos, pre["mean"], pre["std"])  # [N, F]
         self.features = feats.mean(0, keepdim=True)  # [1, F]: several photos are averaged (N = 1: the paper)
-        self.injector = WordInjector(self.text_encoder, self.token_id)
+        self.injectors = [WordInjector(getattr(self, s.encoder), i) for s, i in zip(self.family.slots,
+                                                                                    self.token_ids)]
         self.after_step()
 
     # --- the word -------------------------------------------------------------------------------------------------
     def offset(self) -> torch.Tensor:
-        """s * E(x): [D]."""
+        """s * E(x): [sum of D_i] (all text encoders' offsets, concatenated)."""
         return self.encoder(self.features)[0]
 
-    def word(self) -> torch.Tensor:
-        """e = embed(class) + s * E(x): [D]."""
-        return self.class_embedding + self.offset()
+    def word(self) -> list[torch.Tensor]:
+        """e_i = embed_i(class) + s * E(x)_i: one [D_i] per text encoder."""
+        return [c + o for c, o in zip(self.class_embedding, self.encoder.split(self.offset()))]
+
+    def _inject(self, words: list[torch.Tensor]) -> None:
+        for injector, w in zip(self.injectors, words):
+            injector.set(w)
 
     # --- what the loop calls ----------------------------------------------------------------------------------------
     def trainable_parameters(self):
         dev = self.unet.device  # the loop has placed the UNet; the head and its inputs follow it
         self.encoder.to(dev)
         self.features = self.features.to(dev)
-        self.class_embedding = self.class_embedding.to(dev)
+        self.class_embedding = [c.to(dev) for c in self.class_embedding]
         head = list(self.encoder.parameters())
         if self.cfg.lr_encoder is None:
             return list(self.offsets.values()) + head
@@ -97,8 +135,8 @@ class E4TRecipe(Recipe):
 
     def loss(self, g: torch.Generator) -> torch.Tensor:
         """Denoising loss on the photo(s) + reg_embedding ||s E(x)||^2 + reg_weights sum ||Delta W||^2 (§3.3)."""
-        offset = self.encoder(self.features)  # [1, D]
-        self.injector.set(self.class_embedding + offset[0])
+        offset = self.encoder(self.features)  # [1, sum D_i]
+        self._inject([c + o for c, o in zip(self.class_embedding, self.encoder.split(offset[0]))])
         loss = super().loss(g)
         if self.cfg.reg_embedding:
             loss = loss + self.cfg.reg_embedding * embedding_l2(offset)
@@ -108,7 +146,7 @@ class E4TRecipe(Recipe):
 
     @torch.no_grad()
     def after_step(self) -> None:
-        self.injector.set(self.word().detach())  # validation images and the artifact use the current word
+        self._inject([w.detach() for w in self.word()])  # validation images and the artifact use the current word
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = {f"encoder.{k}": v.detach() for k, v in self.encoder.state_dict().items()}

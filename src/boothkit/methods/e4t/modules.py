@@ -15,6 +15,8 @@ Nothing here reads files or knows about the CLI.
   LoRA, B = 0 at initialisation, so the UNet starts exactly as the base), penalised by ``sum ||Delta W||_F^2``.
   Low rank keeps the per-concept artifact small (a few hundred kB) and lets ``pipe.load_lora_weights`` read it.
 * Several photos: their CLIP features are averaged before the head (at one photo this is the paper).
+* SDXL (two text encoders): the word goes into both encoders, each offset from that encoder's own embedding of the
+  class word; one head predicts both (DomainEncoder); the weight offsets sit on SDXL's attention like SD's.
 """
 
 from __future__ import annotations
@@ -27,17 +29,37 @@ from .config import UNET_TARGETS, EncoderConfig
 
 
 def encoder_dims(pipe) -> dict:
-    """The sizes the head is built for, read from the pipeline's components."""
+    """The sizes the head is built for, read from the pipeline's components: the vision tower's, and the input
+    embedding width of each text encoder of the family (SD one, SDXL two; `text_dim` is their sum, the head's
+    output)."""
+    from ...families import family_of
+
     enc = getattr(pipe, "image_encoder", None)
     if enc is None:
-        raise ValueError("E4T needs the pipeline's image encoder (pipe.image_encoder is None); the world model ships "
-                         "one, for other models load a CLIPVisionModelWithProjection into the pipeline")
+        from ...inputs import InputError
+
+        raise InputError("E4T needs a CLIP vision tower: this base model has no image_encoder; pass --image-encoder "
+                         "DIR_OR_ID (a CLIPVisionModelWithProjection, e.g. the one its encoder was trained with)")
+    widths = [int(e.get_input_embeddings().weight.shape[1]) for e in family_of(pipe).text_encoders(pipe)]
     return {"vision_embed": int(enc.config.projection_dim), "vision_hidden": int(enc.config.hidden_size),
-            "image_size": int(enc.config.image_size), "text_dim": int(pipe.text_encoder.config.hidden_size)}
+            "image_size": int(enc.config.image_size), "text_dim": sum(widths), "text_dims": widths}
+
+
+def dims_fit(saved: dict, have: dict) -> bool:
+    """Whether an encoder built for `saved` sizes fits a pipeline of `have` sizes (encoders written before SDXL
+    support record one text width and no `text_dims`)."""
+    norm = lambda d: {**d, "text_dims": list(d.get("text_dims") or [d["text_dim"]])}  # noqa: E731
+    return norm(saved) == norm(have)
 
 
 class DomainEncoder(nn.Module):
-    """CLIP features -> embedding offset. ``forward`` returns ``s * E(x)`` (add the class embedding to use it)."""
+    """CLIP features -> embedding offset. ``forward`` returns ``s * E(x)`` (add the class embedding to use it).
+
+    On a family with several text encoders (SDXL) ONE head predicts the offsets of all of them, concatenated
+    (decision: both words name the same subject from the same photo, so they share the hidden layer, and the head
+    stays one small MLP whose last layer is as wide as the encoders together, 768 + 1280 on SDXL); `split` cuts the
+    output into one offset per encoder, each added to that encoder's own embedding of the class word.
+    """
 
     def __init__(self, cfg: EncoderConfig, dims: dict):
         super().__init__()
@@ -53,6 +75,10 @@ class DomainEncoder(nn.Module):
         """features [B, vision_embed + vision_hidden] -> offset [B, text_dim]."""
         return self.cfg.offset_scale * self.fc2(F.gelu(self.fc1(self.norm(features))))
 
+    def split(self, offset: torch.Tensor) -> list[torch.Tensor]:
+        """[..., text_dim] -> one [..., width] per text encoder, in the family's slot order."""
+        return list(offset.split(list(self.dims.get("text_dims") or [self.dims["text_dim"]]), dim=-1))
+
 
 @torch.no_grad()
 def clip_features(image_encoder, images: torch.Tensor, mean, std) -> torch.Tensor:
@@ -67,30 +93,13 @@ def clip_features(image_encoder, images: torch.Tensor, mean, std) -> torch.Tenso
     return torch.cat([out.image_embeds, patches], -1).float()
 
 
-@torch.no_grad()
-def frame_photos(images: torch.Tensor) -> torch.Tensor:
-    """images [N, 3, H, W] in [0, 1] -> the same size, each with its flat background painted white and the subject
-    cropped square around it at 3/4 of the side (InstantBooth's reference framing). The one function both domain
-    pretraining and tuning call for an encoder pretrained with `frame`, so the encoder sees photos framed alike."""
-    import numpy as np
-    from PIL import Image
-
-    from ..instantbooth.inference import centre_subject, mask_flat_background
-
-    n, _, h, w = images.shape
-    arr = (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    out = [np.asarray(centre_subject(mask_flat_background(Image.fromarray(a))).resize((w, h), Image.Resampling.BICUBIC))
-           for a in arr]
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(255).to(images.device)
-
-
 def preprocessing_of(pipe, frame: bool = False) -> dict:
-    fe = getattr(pipe, "feature_extractor", None)
-    mean = list(getattr(fe, "image_mean", None) or [0.48145466, 0.4578275, 0.40821073])
-    std = list(getattr(fe, "image_std", None) or [0.26862954, 0.26130258, 0.27577711])
-    return {"image_size": int(pipe.image_encoder.config.image_size), "mean": mean, "std": std, "frame": frame,
-            "input": "framed: flat background to white, the subject cropped square at 3/4 of the side (frame_photos)"
-            if frame else "the photo as given (centre square, no masking)"}
+    """How photos are fed to the vision tower (its size, mean/std) and whether they are framed first."""
+    from .. import vision
+
+    return {**vision.tower_preprocessing(pipe), "frame": frame,
+            "input": "framed: the subject cut out on white by its mask, centred square at 3/4 of the side "
+                     "(boothkit.data.frame_subject)" if frame else "the photo as given (centre square, no masking)"}
 
 
 def add_weight_offsets(unet, cfg: EncoderConfig) -> None:

@@ -1,217 +1,251 @@
-"""E4T domain pretraining on world scenes of one class's TRAIN concepts (Gal et al. 2023, §3.1-3.2, §4).
+"""What E4T's domain pretraining trains and its per-batch loss (Gal et al. 2023, §3.1-3.2, §4); the shared training
+loop (boothkit.training.loop.train) runs it on the loader's batches (boothkit.data), and boothkit.pretrain.encoders
+orchestrates a run (`boothkit pretrain e4t`).
 
-Per step, for a batch of single-object scenes of the class (held-out subjects are never drawn):
-  target     a scene of one train concept; its caption names the object "<e4t> <class>"
-  condition  ANOTHER photo of the same concept, drawn the way reference photos are (world.references: plain colour
-             style, random background, medium/large, centred or at an edge). Decision: the paper encodes the target
-             image itself (FFHQ has one photo per person); the world can draw a second view, and using it keeps the
-             encoder from copying the target's background, position or style into the word, which the caption
-             already names. It is also what the encoder sees at tuning time: a reference photo, unmasked.
-  loss       L_simple (training.loss.denoising_loss) with the predicted word at "<e4t>" and the weight offsets on,
-             + reg_embedding * ||s E(x)||^2 + reg_weights * sum ||Delta W||_F^2 (the paper's two L2 penalties).
-Trainable: the encoder head and the low-rank weight offsets (two AdamW groups with their own learning rates); the
-VAE, text encoder, vision tower and UNet are frozen. A step's scenes, noise and timesteps are a pure function of
-(seed, step) and checkpoints carry the optimizer state, so a resumed run reproduces the uninterrupted one exactly.
+Per micro-step, one batch of the loader (any `--data` source; `--data world` draws scenes of the class's train
+concepts):
+  target     the image; its caption names the subject "<e4t> <class noun>" (the loader put the placeholder in front
+             of the noun), the placeholder a new token of every text encoder whose embedding is the predicted word
+  condition  what the encoder reads: the source's second photo of the same subject when it has one (the world draws
+             another view of the concept, the way reference photos are drawn: random background, medium or large,
+             centred or at an edge, so the encoder cannot copy the target's background, position or style, which
+             the caption names), else the target itself (the paper: FFHQ has one photo per person). With `frame`
+             it is first cut out on white by its mask and centred at 3/4 of the side (what tuning then does to the
+             user's photos).
+  loss       L_simple (training.loss.denoising_loss) with the predicted word at the placeholder and the weight
+             offsets on, + reg_embedding * ||s E(x)||^2 + reg_weights * sum ||Delta W||_F^2 (the paper's two L2
+             penalties).
+SDXL: the word goes into both text encoders (one head predicts both offsets: modules.DomainEncoder), the pooled
+embedding is the caption's own (with the word in it), the UNet reads each image's size/crop micro-conditioning, and
+the weight offsets sit on SDXL's attention q/k/v as on SD's.
+Trainable: the encoder head and the low-rank weight offsets, held by one module (`Trainer`) whose forward computes
+the loss, so that under `accelerate launch` DDP synchronises exactly their gradients; two AdamW groups (lr for the
+head, lr_offsets for the offsets). The VAE, the text encoder(s), the vision tower and the UNet are frozen.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import random
-from pathlib import Path
-from typing import Callable
 
 import torch
+import torch.nn as nn
 
+from ...data import count_skipped
 from ...inputs import InputError
-from ...training.checkpoint import load_optimizer_tensors, resume_point
-from ...training.steps import pretraining_steps
+from ...training.loss import denoising_loss
+from ...training.recipe import Recipe
+from .. import vision
 from . import artifact
 from .config import EncoderConfig, PretrainConfig
+from .model import class_embeddings
 from .modules import (DomainEncoder, WordInjector, add_weight_offsets, clip_features, embedding_l2, encoder_dims,
-                      frame_photos, offset_parameters, preprocessing_of, weight_offset_l2)
+                      offset_parameters, preprocessing_of, weight_offset_l2)
 
 #: the placeholder pretraining writes in captions (tuning uses the user's identifier; only the word matters)
 IDENTIFIER = "<e4t>"
-#: config fields a resumed run may change (everything else must match the checkpoint's run)
-_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "val_every", "val_batches"}
 
 
 def _seed(seed: int, name: str) -> int:
     return int(hashlib.sha1(f"e4t:{seed}:{name}".encode()).hexdigest()[:8], 16)
 
 
-class ScenePairs:
-    """Batch `step` of (target scene, condition photo of the same concept, caption): a pure function of
-    (seed, step)."""
+def framed(images01: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The subject cut out on white by its mask, centred square at 3/4 of the side: boothkit.data.frame_subject on
+    tensors (subject_condition at a fixed scale, no shift, flip or jitter). [B, 3, S, S], [B, 1, S, S] -> [B, 3, S, S]
+    in [0, 1]."""
+    from ...data import ConditionConfig, subject_condition
 
-    def __init__(self, cls: str, batch_size: int, seed: int, device="cpu", heldout: bool = False):
-        from ...world.atlas import load_atlas
-        from ...world.concepts import concept_index, heldout_concepts, train_concepts
-        from ...world.render import SceneRenderer
-        from ...world.scenes import SceneSampler
-
-        idx = concept_index()
-        # heldout=True only for the validation loss: held-out subjects are evaluated, never trained on
-        concepts = heldout_concepts(cls) if heldout else [c for c in train_concepts() if c.cls == cls]
-        self.pool = [(idx[c.id], c) for c in concepts]
-        if not self.pool:
-            raise InputError(f"no {'held-out' if heldout else 'train'} concepts of class {cls!r}")
-        self.cls, self.batch_size, self.seed = cls, batch_size, seed
-        self.sampler = SceneSampler(self.pool, p_two=0.0, p_class_only=0.0)  # one named object per scene
-        self.renderer = SceneRenderer(load_atlas(progress=False), torch.device(device))
-
-    def make(self, step: int) -> dict:
-        from ...world.render import SceneBatch
-        from ...world.scenes import BACKGROUNDS, POSITIONS, caption, fixed_scene
-
-        rng = random.Random(f"e4t:{self.seed}:{step}")
-        by_row = dict(self.pool)
-        targets, conditions = [], []
-        for _ in range(self.batch_size):
-            s = self.sampler.sample(rng)
-            obj = s.objects[0]
-            obj.name = f"{IDENTIFIER} {self.cls}"
-            s.caption = caption(s, rng)
-            targets.append(s)
-            size = rng.choice(["medium", "large", "large"])  # as world.references.render_references draws them
-            pos = "center" if size == "large" else rng.choice(POSITIONS)
-            conditions.append(fixed_scene(obj.concept, by_row[obj.concept], bg=rng.choice(list(BACKGROUNDS)),
-                                          size=size, position=pos))
-        images = self.renderer.render(SceneBatch.from_scenes(targets + conditions))  # [2B, 3, 64, 64] in [0, 1]
-        b = self.batch_size
-        return {"target": images[:b], "condition": images[b:], "captions": [s.caption for s in targets],
-                "concepts": [s.objects[0].concept for s in targets]}
+    fixed = ConditionConfig(scale=(0.75, 0.75), shift=0.0, flip=0.0, jitter=0.0)
+    return subject_condition(images01, mask, torch.Generator("cpu").manual_seed(0), fixed)  # draws unused
 
 
-def base_meta(pipe, model: str, cls: str, frame: bool = False) -> dict:
-    from ...pipeline import model_hash
+class Trainer(nn.Module):
+    """The trainable parts as one module whose forward is the loss (what the loop hands to accelerate: DDP
+    synchronises the gradients of the parameters used in the wrapped forward): the encoder head, and the weight
+    offsets, which live in the UNet's peft layers and are registered here too (the same Parameter objects)."""
 
-    return {"method": "e4t", "base_model": model, "model_hash": model_hash(model), "class": cls, "class_word": cls,
-            "identifier": IDENTIFIER, "preprocessing": preprocessing_of(pipe, frame)}
+    def __init__(self, encoder: DomainEncoder, offsets: list[nn.Parameter], recipe: "E4TPretrain"):
+        super().__init__()
+        self.encoder = encoder
+        self.offsets = nn.ParameterList(offsets)
+        self.__dict__["recipe"] = recipe  # a plain attribute: the frozen models stay outside DDP
+
+    def forward(self, batch: dict, g: torch.Generator) -> torch.Tensor:
+        """-> the loss of the batch (denoising + the two penalties)."""
+        loss, _ = self.recipe.batch_loss(self.encoder, batch, g)
+        return loss
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.recipe.unet.enable_gradient_checkpointing()
 
 
-def pretrain_e4t(out: str | Path, cfg: PretrainConfig, enc_cfg: EncoderConfig | None = None, *,
-                 model: str = "world", work: str | Path | None = None, resume: bool = False,
-                 device: str | None = "cpu", progress: bool = True,
-                 on_step: Callable[[int, float], None] | None = None) -> dict:
-    """Train the encoder head and the weight offsets; write the encoder folder to `out`; return a summary.
+class E4TPretrain(Recipe):
+    """E4T's domain-pretraining recipe: encoder head + weight offsets trainable, everything else frozen."""
 
-    work: checkpoints and train_log.jsonl (default: `<out>.work` next to out). resume: continue from the newest
-    complete checkpoint in work (refused if the run's settings differ, except steps and the checkpoint and
-    validation cadence). train_log.jsonl gets the loss per step and, every cfg.val_every steps, the denoising loss
-    on fixed batches of HELD-OUT concepts with fixed noise (evaluated only, never trained on).
-    """
-    from peft.utils import get_peft_model_state_dict
+    train_modules = ("trainer",)
 
-    from ...pipeline import load_pipeline, model_hash, pick_device
-    from ...training.loss import denoising_loss, training_scheduler
-    from ..ti.model import add_tokens
+    def __init__(self, pipe, cfg: PretrainConfig, enc_cfg: EncoderConfig, *, class_noun: str,
+                 validation: dict | None = None, segmenter=None):
+        """class_noun: the domain the captions name (one class); validation: the held-out batch
+        (boothkit.data.validation_batch); segmenter: a boothkit.data.Segmenter for rows without a mask (framing)."""
+        if class_noun == "all" or not class_noun.strip():
+            raise InputError("e4t pretraining learns one domain: --class names one class noun (not 'all')")
+        self.enc_cfg, self.class_noun = enc_cfg, class_noun
+        self.validation, self.segmenter = validation, segmenter
+        self.stats: dict = {}
+        self.skipped: dict[str, int] = {}  #: records the loader replaced so far, by reason (count_skipped)
+        super().__init__(pipe, cfg, [])
 
-    enc_cfg = enc_cfg or EncoderConfig()
-    out = Path(out)
-    if out.exists() and (out.is_file() or any(out.iterdir()) and not artifact.is_encoder(out)):
-        raise InputError(f"--out {out}: exists and is not an E4T encoder folder; pick a new folder")
-    work = Path(work) if work else out.resolve().parent / f"{out.name}.work"
-    dev = pick_device(device)
-    pipe = load_pipeline(model, device=str(dev), dtype="fp32", progress=False)
-    dims = encoder_dims(pipe)  # raises for a pipeline without an image encoder
-    for m in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.image_encoder):
-        m.requires_grad_(False).eval()
-    tok, text_encoder = pipe.tokenizer, pipe.text_encoder
-    (token_id,) = add_tokens(tok, text_encoder, [IDENTIFIER], cfg.cls)
-    class_embedding = text_encoder.get_input_embeddings().weight.detach()[
-        tok.encode(cfg.cls, add_special_tokens=False)[0]].clone()  # [D]
-    pre = preprocessing_of(pipe, frame=cfg.frame)
-    torch.manual_seed(_seed(cfg.seed, "init"))
-    encoder = DomainEncoder(enc_cfg, dims).to(dev).train()
-    add_weight_offsets(pipe.unet, enc_cfg)
-    offsets = offset_parameters(pipe.unet)
-    for p in offsets.values():
-        p.requires_grad_(True)
-    injector = WordInjector(text_encoder, token_id)
-    opt = torch.optim.AdamW([{"params": list(encoder.parameters()), "lr": cfg.lr, "name": "encoder"},
-                             {"params": list(offsets.values()), "lr": cfg.lr_offsets, "name": "offsets"}],
-                            weight_decay=cfg.weight_decay)
-    sched = training_scheduler(pipe)
-    scaling = float(pipe.vae.config.scaling_factor)
-    run = json.loads(json.dumps({"config": cfg.to_dict(), "encoder_config": enc_cfg.to_dict(), "base_model": model,
-                                 "model_hash": model_hash(model)}))  # as the checkpoint's meta.json reads back
+    def setup(self) -> None:
+        from ..ti.model import add_tokens_per_encoder
 
-    def model_tensors() -> dict[str, torch.Tensor]:
-        t = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
-        t.update({f"unet.{n}": p.detach() for n, p in offsets.items()})
-        return t
+        vision.require_tower(self.pipe, "E4T")
+        self.image_encoder = self.pipe.image_encoder.requires_grad_(False).eval()
+        dims = encoder_dims(self.pipe)
+        self.pre = preprocessing_of(self.pipe, frame=self.cfg.frame)
+        self.token_ids = [ids[0] for ids in add_tokens_per_encoder(self.family, self, [IDENTIFIER], self.class_noun)]
+        self.class_embedding = class_embeddings(self.family, self, self.class_noun)  # [D_i] per text encoder
+        self.encoder = DomainEncoder(self.enc_cfg, dims)  # Recipe seeded the init from cfg.seed
+        add_weight_offsets(self.unet, self.enc_cfg)
+        self.offsets = offset_parameters(self.unet)
+        self.trainer = Trainer(self.encoder, list(self.offsets.values()), self).requires_grad_(True)
+        self.injectors = [WordInjector(getattr(self, s.encoder), i) for s, i in zip(self.family.slots,
+                                                                                    self.token_ids)]
+        self.display_prompt = self.cfg.validation_prompt or f"a photo of {IDENTIFIER} {self.class_noun}"
 
-    start, ck, groups = resume_point(work, resume, run, _RESUMABLE_CHANGES, ("encoder_config", "model_hash"))
-    if groups:
-        saved = groups["model"]
-        encoder.load_state_dict({k[len("encoder."):]: v for k, v in saved.items() if k.startswith("encoder.")})
+    def components(self) -> dict[str, nn.Module]:
+        return {**super().components(), "image_encoder": self.image_encoder, "trainer": self.trainer}
+
+    def trainable_parameters(self) -> list[dict]:
+        self.class_embedding = [c.to(self.unet.device) for c in self.class_embedding]  # placed by the loop
+        return [{"params": list(self.encoder.parameters()), "lr_scale": 1.0, "name": "encoder"},
+                {"params": list(self.offsets.values()), "lr_scale": self.cfg.lr_offsets / self.cfg.lr,
+                 "name": "offsets"}]
+
+    # --- the loss -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def condition_images(self, batch: dict) -> torch.Tensor:
+        """What the encoder reads -> [B, 3, C, C] in [0, 1]: the source's condition photo (the world's other view)
+        or the target, framed by its mask with `frame`."""
+        if "condition" in batch:
+            images, mask = batch["condition"], batch["condition_mask"]
+        else:
+            images, mask = batch["pixels"], batch["mask"]
+        images = (images.float() + 1) / 2
+        return framed(images, mask.float()) if self.cfg.frame else images
+
+    def set_words(self, words: list[torch.Tensor] | None) -> None:
+        """The word of each text encoder ([D_i] or [B, D_i]; None: the placeholder's own embedding row)."""
+        for injector, w in zip(self.injectors, words or [None] * len(self.injectors)):
+            injector.set(w)
+
+    def batch_loss(self, encoder: DomainEncoder, batch: dict, g: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch of the loader -> (the loss to minimise, the per-example denoising loss [B])."""
+        from ...data import micro_conditioning, to_device
+
+        dev = self.unet.device
+        batch = to_device(batch, dev)
+        if self.segmenter is not None and self.cfg.frame:
+            self.segmenter.fill(batch)
         with torch.no_grad():
-            for n, p in offsets.items():
-                p.copy_(saved[f"unet.{n}"])
-        load_optimizer_tensors(opt, groups["optimizer"])
-    if start >= cfg.steps:
-        raise InputError(f"--resume: {ck} is already at step {start} >= --steps {cfg.steps}")
+            feats = clip_features(self.image_encoder, self.condition_images(batch), self.pre["mean"],
+                                  self.pre["std"])  # [B, F]
+            latents = self.encode_images(batch["pixels"], g)  # [B, 4, h, w]
+        offset = encoder(feats)  # [B, sum D_i]
+        self.set_words([c + o for c, o in zip(self.class_embedding, encoder.split(offset))])  # one word per image
+        text = self.family.encode_prompts(self.pipe, batch["captions"])  # gradients flow to the injected words only
+        per_example = denoising_loss(self.unet, self.noise_scheduler, latents, text.hidden, g,
+                                     snr_gamma=self.cfg.snr_gamma, noise_offset=self.cfg.noise_offset,
+                                     unet_kwargs=self.family.unet_kwargs(text, micro_conditioning(batch)))  # [B]
+        denoise = per_example.mean()
+        reg_e, reg_w = embedding_l2(offset), weight_offset_l2(self.unet)
+        self.stats = {"denoise": float(denoise.detach()), "offset_sq": float(reg_e.detach()),
+                      "weight_offset_sq": float(reg_w.detach())}
+        return denoise + self.cfg.reg_embedding * reg_e + self.cfg.reg_weights * reg_w, per_example
 
-    def batch_loss(batch: dict, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (per-example denoising loss [B], embedding offsets s E(x) [B, D])."""
-        with torch.no_grad():
-            x = batch["target"].to(dev) * 2 - 1
-            latents = pipe.vae.encode(x).latent_dist.sample(generator=g) * scaling  # [B, 4, h, w]
-            cond = frame_photos(batch["condition"]) if cfg.frame else batch["condition"]
-            feats = clip_features(pipe.image_encoder, cond, pre["mean"], pre["std"])  # [B, F]
-            ids = tok(batch["captions"], padding="max_length", max_length=tok.model_max_length, truncation=True,
-                      return_tensors="pt").input_ids.to(dev)
-        offset = encoder(feats)  # [B, D]
-        injector.set(class_embedding.to(dev) + offset)  # one word per scene
-        hidden = text_encoder(ids)[0]  # [B, 77, D]: gradients flow to the injected words only
-        return denoising_loss(pipe.unet, sched, latents, hidden, g), offset
+    def loss(self, g: torch.Generator, batch: dict | None = None) -> torch.Tensor:
+        count_skipped(self.skipped, batch)
+        return self.module("trainer")(batch, g)
 
-    data = ScenePairs(cfg.cls, cfg.batch_size, cfg.seed, dev)
-    val_data = ScenePairs(cfg.cls, cfg.batch_size, cfg.seed, dev, heldout=True) if cfg.val_batches else None
-    # fixed batches from steps training never reaches: held-out subjects, and train concepts for comparison
-    val_sets = {"heldout_loss": [val_data.make(10**9 + i) for i in range(cfg.val_batches)] if val_data else [],
-                "train_fixed_loss": [data.make(10**9 + i) for i in range(cfg.val_batches)]}
+    # --- what the loop logs ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Mean denoising loss on the held-out batch with fixed noise: comparable across steps and runs."""
+        from ...data import batch_rows
+
+        if not self.validation:
+            return {}
+        was = self.trainer.training
+        self.trainer.eval()
+        b, n = self.cfg.batch_size, len(self.validation["captions"])
+        losses = [self.batch_loss(self.encoder, batch_rows(self.validation, slice(i, i + b)),
+                                  torch.Generator("cpu").manual_seed(_seed(self.cfg.seed, f"val-{i}")))[1]
+                  for i in range(0, n, b)]
+        self.trainer.train(was)
+        self.set_words(None)
+        return {"heldout_loss": float(torch.cat(losses).mean())}
+
+    def step_log(self) -> dict:
+        return {**self.stats, "skipped_records": sum(self.skipped.values())}
 
     @torch.no_grad()
-    def fixed_losses() -> dict:
-        """Mean denoising loss on the fixed batches with fixed noise: comparable across steps and runs."""
-        out = {}
-        for name, batches in val_sets.items():
-            if batches:
-                vals = [batch_loss(b, torch.Generator("cpu").manual_seed(_seed(cfg.seed, f"val-{i}")))[0].mean()
-                        .item() for i, b in enumerate(batches)]
-                out[name] = sum(vals) / len(vals)
-        return out
+    def validation_images(self, cfg) -> tuple[list, str]:
+        """For each of the first cfg.validation_images held-out records: what the encoder reads, and one image of
+        "a photo of <e4t> <class>" with the word it predicts (no tuning; seed 0)."""
+        from ...data import batch_rows, row_image, to_device
 
-    def step_loss(step: int) -> tuple[torch.Tensor, float, dict]:
-        batch = data.make(step)
-        g = torch.Generator("cpu").manual_seed(_seed(cfg.seed, f"noise-{step}"))
-        per_example, offset = batch_loss(batch, g)
-        denoise = per_example.mean()
-        reg_e, reg_w = embedding_l2(offset), weight_offset_l2(pipe.unet)
-        loss = denoise + cfg.reg_embedding * reg_e + cfg.reg_weights * reg_w
-        return loss, float(denoise.detach()), {"denoise": float(denoise.detach()), "offset_sq": float(reg_e.detach()),
-                                               "weight_offset_sq": float(reg_w.detach())}
+        val = self.validation
+        if not val:
+            return [], "no held-out records"
+        n = min(cfg.validation_images, len(val["captions"]))
+        batch = to_device(batch_rows(val, slice(0, n)), self.unet.device)
+        cond = self.condition_images(batch)  # [n, 3, C, C] in [0, 1]
+        feats = clip_features(self.image_encoder, cond, self.pre["mean"], self.pre["std"])
+        models = [self.trainer, self.unet, self.vae, *self.family.text_encoders(self.pipe)]
+        was = [m.training for m in models]
+        for m in models:
+            m.eval()
+        vae_dtype = self.vae.dtype
+        if vae_dtype != torch.float32:  # sampling decodes in fp32 (as the loop's prompt_samples)
+            self.vae.to(torch.float32)
+        prompt = cfg.validation_prompt or self.display_prompt
+        images = []
+        try:
+            for i in range(n):
+                offset = self.encoder(feats[i:i + 1])[0]
+                self.set_words([c + o for c, o in zip(self.class_embedding, self.encoder.split(offset))])
+                g = torch.Generator("cpu").manual_seed(0)
+                images += [row_image(cond[i] * 2 - 1), self.pipe(prompt, num_inference_steps=cfg.validation_steps,
+                                                             guidance_scale=5.0, generator=g).images[0]]
+        finally:
+            self.set_words(None)
+            if vae_dtype != torch.float32:
+                self.vae.to(vae_dtype)
+            for m, w in zip(models, was):
+                m.train(w)
+        return images, f"what the encoder reads, then {prompt!r} with its word"
 
-    losses, val_first, val_last, seconds = pretraining_steps(
-        cfg, start=start, work=work, opt=opt, params=list(encoder.parameters()) + list(offsets.values()), run=run,
-        step_loss=step_loss, fixed_losses=fixed_losses, state=model_tensors, desc="pretrain e4t", progress=progress,
-        on_step=on_step)
-    injector.remove()
-    tail = losses[-50:]
-    summary = {"steps": cfg.steps, "first_step": start, "batch_size": cfg.batch_size,
-               "train_seconds": round(seconds, 2), "final_loss": losses[-1] if losses else None,
-               "train_loss_last50": sum(tail) / len(tail) if tail else None,
-               "n_train_concepts": len(data.pool), "device": str(dev),
-               "heldout_loss": {"first": val_first.get("heldout_loss"), "last": val_last.get("heldout_loss"),
-                                "batches": cfg.val_batches,
-                                "n_heldout_concepts": len(val_data.pool) if val_data else 0},
-               "train_fixed_loss": {"first": val_first.get("train_fixed_loss"),
-                                    "last": val_last.get("train_fixed_loss")}}
-    artifact.save_encoder(encoder, get_peft_model_state_dict(pipe.unet), out,
-                          {**base_meta(pipe, model, cfg.cls, cfg.frame), "trained": True,
-                           "pretrain": {"config": cfg.to_dict(), **summary}})
-    return {"out": str(out), "work": str(work), **summary}
+    # --- checkpoints and the artifact --------------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        t = {f"encoder.{k}": v.detach() for k, v in self.encoder.state_dict().items()}
+        t.update({f"unet.{n}": p.detach() for n, p in self.offsets.items()})
+        return t
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.encoder.load_state_dict({k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")})
+        with torch.no_grad():
+            for n, p in self.offsets.items():
+                p.copy_(tensors[f"unet.{n}"])
+
+    def artifact_meta(self) -> dict:
+        return {"method": "e4t", **vision.trained_for(self.pipe), "class": self.class_noun,
+                "class_word": self.class_noun, "identifier": IDENTIFIER, "preprocessing": self.pre}
+
+    def save_artifact(self, folder, meta: dict | None = None) -> dict:
+        """Write the encoder folder (e4t_encoder.safetensors + .json) to `folder`, atomically."""
+        from peft.utils import get_peft_model_state_dict
+
+        artifact.save_encoder(self.encoder, get_peft_model_state_dict(self.unet), folder,
+                              {**self.artifact_meta(), **(meta or {})})
+        return {"files": [artifact.ENCODER_WEIGHTS, artifact.ENCODER_META]}

@@ -50,10 +50,14 @@ ENCODER_DIR = "encoder"
 class ConceptConfig(_Dict):
     """`tune --method instantbooth` settings: which encoder, and the inference knobs stored with the concept."""
 
-    encoder: str = ""  #: InstantBooth artifact folder ("" = the one shipped for the world model)
+    encoder: str = ""  #: InstantBooth artifact folder ("" = the one shipped for the base model: boothkit.encoders)
     alpha: float | None = None  #: concept scale at generation (None: the encoder's default)
     beta: float | None = None  #: adapter strength at generation (None: the encoder's default)
-    mask_background: bool = True  #: flat background to white, subject framed square at 3/4 (as pretraining saw it)
+    #: cut each photo's subject out on white and frame it square at 3/4 of the side, as pretraining showed the
+    #: encoder its conditions (the mask: the photo's alpha, else `segmenter`, else a flat background, else the whole
+    #: photo); False: the photos as given (already framed cut-outs)
+    mask_background: bool = True
+    segmenter: str = ""  #: CLIPSeg folder or hub id that cuts the subject out of photos without alpha ("" = none)
     patches: str = "concat"  #: "concat": all N photos' patch tokens (the paper); "mean": averaged over the photos
     #: adapter strength in classifier-free guidance's unconditional half (None: beta, as in both halves: the paper;
     #: 0: adapters off there, so guidance also pushes towards the photos, as IP-Adapter's negative image does)
@@ -67,22 +71,23 @@ class ConceptConfig(_Dict):
         _need(self.patches in PATCH_MODES, f"patches must be one of {PATCH_MODES} (got {self.patches!r})")
 
 
-def shipped_encoder() -> Path | None:
-    """The InstantBooth encoder shipped for the world model (trained on all classes), if there is one."""
-    from ...pipeline import world_path
-
-    p = world_path().parent / "instantbooth" / "all"
-    return p if (p / "instantbooth.json").is_file() else None
-
-
-def _encoder_dir(cfg: ConceptConfig) -> Path:
+def encoder_dir(cfg: ConceptConfig, model: str) -> Path:
+    """The encoder a concept is made with: cfg.encoder, else the one shipped for the base model (boothkit.encoders,
+    matched by the model's hash; InputError saying what to do when none fits)."""
     if cfg.encoder:
         return Path(cfg.encoder)
-    p = shipped_encoder()
-    if p is None:
-        raise InputError("instantbooth: no encoder given and none shipped; train one with "
-                         "`boothkit pretrain instantbooth --class all --out DIR`, then --set encoder=DIR")
-    return p
+    from ...encoders import shipped_instantbooth
+
+    return Path(shipped_instantbooth(model, flag="instantbooth").path)
+
+
+def tower(cfg: ConceptConfig, model: str, class_noun: str) -> str | None:
+    """The vision tower to load beside the base model for `tune` (MethodSpec.image_encoder): the one the encoder was
+    trained with when it was not the base model's own."""
+    from .. import vision
+    from .artifact import read_meta
+
+    return vision.tower_source(read_meta(encoder_dir(cfg, model)))
 
 
 def encode(pipe, photos, class_noun: str, token: str, cfg: ConceptConfig, folder: Path, model_hash: str) -> dict:
@@ -92,16 +97,18 @@ def encode(pipe, photos, class_noun: str, token: str, cfg: ConceptConfig, folder
     from .artifact import read_meta
     from .inference import install_instantbooth
 
-    enc = _encoder_dir(cfg)
-    want = read_meta(enc).get("model_hash")
-    if want and want != model_hash:
-        raise InputError(f"instantbooth encoder {enc} was trained on a base model with hash {want}; this model has "
-                         f"hash {model_hash}")
+    from .. import vision
+
+    enc = encoder_dir(cfg, getattr(pipe, "boothkit_model", None) or "world")
+    where = f"instantbooth encoder {enc}"
+    vision.require_tower(pipe, where)
+    vision.check_fits(pipe, read_meta(enc), where)
     ib = install_instantbooth(pipe, enc, alpha=cfg.alpha, beta=cfg.beta)
     try:
         if token != ib.cfg.identifier:
             ib.token_id = single_token_id(pipe.tokenizer, token)
-        concept, patches = ib.encode_images(photos, mask_background=cfg.mask_background, patches=cfg.patches)
+        concept, patches = ib.encode_images(photos, mask_background=cfg.mask_background, patches=cfg.patches,
+                                            class_noun=class_noun, segmenter=cfg.segmenter)
     finally:
         ib.remove()
     save_file({"concept": concept.float().cpu().contiguous(), "patches": patches[0].float().cpu().contiguous()},
@@ -138,13 +145,16 @@ def load(pipe, folder: Path, meta: dict) -> None:
     from safetensors.torch import load_file
 
     from . import artifact
-    from .modules import attach, inject_concept, model_dims
+    from .modules import attach, inject_concept
 
     folder = Path(folder)
     enc = folder / ENCODER_DIR
     model, ameta = artifact.load(enc, alpha=meta.get("instantbooth", {}).get("alpha"),
                                  beta=meta.get("instantbooth", {}).get("beta"))
-    have = model_dims(pipe)
+    from ...families import family_of
+
+    # the concept's embedding and patches are precomputed: no vision tower is needed here, only the sizes they fill
+    have = {"text_dim": family_of(pipe).text_width(pipe), "cross_dim": int(pipe.unet.config.cross_attention_dim)}
     for k in ("text_dim", "cross_dim"):
         if have[k] != ameta["dims"][k]:
             raise InputError(f"--concept {folder}: made for {k}={ameta['dims'][k]}, this pipeline has {have[k]}")

@@ -1,7 +1,7 @@
 """InstantBooth settings (Shi et al. 2023, arXiv 2304.03411): the model's shape and inference knobs, and pretraining.
 
 `InstantBoothConfig` is stored in the artifact's json (it is what is needed to rebuild the heads and adapters and
-to use them); `PretrainConfig` describes one pretraining run and lives beside its checkpoints.
+to use them); `PretrainConfig` describes one pretraining run (a TrainConfig: the shared training loop runs it).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from ...inputs import InputError
 from ...training.config import DictConfig as _Dict
+from ...training.config import TrainConfig
+
 
 def _need(ok: bool, msg: str) -> None:
     if not ok:
@@ -41,47 +43,45 @@ class InstantBoothConfig(_Dict):
 
 
 @dataclass
-class PretrainConfig(_Dict):
-    """One pretraining run on world scenes of TRAIN concepts (held-out subjects are never drawn)."""
+class PretrainConfig(TrainConfig):
+    """One pretraining run (`boothkit pretrain instantbooth`): the shared training settings (mixed precision,
+    gradient accumulation and checkpointing, 8-bit Adam, checkpoints, validation cadence, lr schedules) and
+    InstantBooth's own. `lr` is the heads' learning rate; the adapters and their gates are parameter groups at
+    lr_adapters and lr_gamma (a schedule scales every group alike)."""
 
-    cls: str = "all"  #: class of the train concepts drawn ("person", "animal", ...) or "all"
     steps: int = 2000  #: optimizer steps
-    batch_size: int = 8  #: scenes per step
-    lr_heads: float = 1e-4  #: AdamW lr of the concept and patch heads (paper: 1e-4)
-    lr_adapters: float = 1e-6  #: AdamW lr of the adapters (paper: 1e-6 on SD; the world model likely wants more)
+    lr: float = 1e-4  #: AdamW lr of the concept and patch heads (paper: 1e-4)
+    lr_adapters: float = 1e-6  #: AdamW lr of the adapters (paper: 1e-6 on SD; the world model wants more)
     lr_gamma: float = 0.0  #: AdamW lr of the adapters' gates gamma (0 = lr_adapters); Adam moves gamma ~lr per step
-    object_weight: float = 0.0  #: extra loss weight on the object's latent pixels: 1 + w * mask (0 = paper's loss)
-    weight_decay: float = 1e-2  #: AdamW weight decay
-    max_grad_norm: float = 1.0  #: gradient clipping (0 = off)
-    seed: int = 0  #: decides initialisation, data, augmentation, noise and timesteps
-    checkpoint_every: int = 200  #: resumable checkpoint every N steps (0 = only at the end)
-    keep_checkpoints: int = 2  #: keep the newest K complete checkpoints
-    val_every: int = 500  #: held-out denoising loss every N steps (also before the first and after the last step)
-    val_batches: int = 4  #: fixed batches of HELD-OUT concepts of the class for that loss (0 = no validation)
-    cond_scale: tuple[float, float] = (0.55, 0.95)  #: condition crop: object's longer side / image side
-    cond_shift: float = 0.12  #: condition crop: max shift of the object centre, fraction of the image side
+    object_weight: float = 0.0  #: extra loss weight on the subject's latent pixels: 1 + w * mask (0 = paper's loss)
+    batch_size: int = 8  #: images per process per micro-step
+    #: left-right flips of the TARGET images (off: captions may say "on the left"); the condition flips anyway
+    flip: bool = False
+    checkpoint_every: int = 200  #: resumable checkpoint every N steps (0 = only the last one)
+    keep_training_state: bool = True  #: keep the checkpoints (the last step's too: a finished run can go on)
+    validate_every: int = 500  #: held-out loss (and grids, with validation_images) every N steps; also first and last
+    validation_images: int = 2  #: held-out records drawn in each validation grid (reference, then generated)
+    heldout: int = 8  #: records kept out of training for the held-out loss and grids (world: held-out concepts)
+    cond_scale: tuple[float, float] = (0.55, 0.95)  #: condition crop: subject's longer side / condition side
+    cond_shift: float = 0.12  #: condition crop: max shift of the subject centre, fraction of the side
     cond_flip: float = 0.5  #: condition crop: probability of a left-right flip
     cond_jitter: float = 0.15  #: condition crop: colour jitter strength (brightness, contrast, per-channel gain)
 
     def __post_init__(self):
         self.cond_scale = tuple(self.cond_scale)
-        self.validate()
+        super().__post_init__()
 
     def validate(self) -> None:
-        from ...world.concepts import CLASSES
-
-        _need(self.cls == "all" or self.cls in CLASSES, f"cls must be 'all' or one of {CLASSES} (got {self.cls!r})")
-        _need(self.steps >= 1, f"steps must be at least 1 (got {self.steps})")
-        _need(self.batch_size >= 1, f"batch_size must be at least 1 (got {self.batch_size})")
-        _need(self.lr_heads > 0 and self.lr_adapters > 0, "learning rates must be positive")
+        super().validate()
+        _need(self.lr_adapters > 0, "lr_adapters must be positive")
         _need(self.lr_gamma >= 0, "lr_gamma must be >= 0 (0: the adapters' learning rate)")
         _need(self.object_weight >= 0, "object_weight must be >= 0")
-        _need(self.weight_decay >= 0 and self.max_grad_norm >= 0, "weight_decay and max_grad_norm must be >= 0")
-        _need(self.checkpoint_every >= 0, "checkpoint_every must be >= 0")
-        _need(self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1")
-        _need(self.val_every >= 0 and self.val_batches >= 0, "val_every and val_batches must be >= 0")
-        lo, hi = self.cond_scale
-        _need(0 < lo <= hi <= 1.5, f"cond_scale must satisfy 0 < lo <= hi <= 1.5 (got {self.cond_scale})")
-        _need(0 <= self.cond_shift <= 0.5, "cond_shift must be in [0, 0.5]")
-        _need(0 <= self.cond_flip <= 1, "cond_flip must be in [0, 1]")
-        _need(0 <= self.cond_jitter <= 1, "cond_jitter must be in [0, 1]")
+        _need(self.heldout >= 0, "heldout must be >= 0")
+        self.condition()  # the condition settings' own checks
+
+    def condition(self):
+        """The condition augmentation (boothkit.data.ConditionConfig) these settings describe."""
+        from ...data import ConditionConfig
+
+        return ConditionConfig(scale=self.cond_scale, shift=self.cond_shift, flip=self.cond_flip,
+                               jitter=self.cond_jitter)

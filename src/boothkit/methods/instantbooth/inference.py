@@ -27,46 +27,6 @@ from .modules import (Attached, InstantBooth, attach, image_features, model_dims
                       single_token_id)
 
 
-def mask_flat_background(im, thresh: int = 24):
-    """Paint the background connected to the image's corners white (flood fill, tolerance `thresh`).
-
-    Pretraining shows the encoder objects with their background masked out on white (§3.1 of the paper); the
-    world's reference photos have flat backgrounds, which this removes the same way. Photos with busy backgrounds
-    are better masked by a segmenter first (pass mask_background=False then).
-    """
-    from PIL import ImageDraw
-
-    im = im.convert("RGB").copy()
-    w, h = im.size
-    for xy in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)):
-        if im.getpixel(xy) != (255, 255, 255):
-            ImageDraw.floodfill(im, xy, (255, 255, 255), thresh=thresh)
-    return im
-
-
-def centre_subject(im, cover: float = 0.75, thresh: int = 8):
-    """Crop a white-background image to a square around its non-white pixels, the subject covering `cover` of the
-    side, centred: how pretraining shows the encoder its conditions (the object re-centred at 55-95% of the image,
-    0.75 on average), so a small or off-centre subject in a photo is seen the same way. No-op on an all-white image.
-    """
-    import numpy as np
-    from PIL import Image
-
-    im = im.convert("RGB")
-    a = np.asarray(im).astype(np.int16)
-    ys, xs = np.nonzero((255 - a).max(axis=2) > thresh)
-    if len(ys) == 0:
-        return im
-    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    side = int(round(max(x1 - x0, y1 - y0) / cover))
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
-    out = Image.new("RGB", (side, side), (255, 255, 255))
-    out.paste(im.crop((max(left, 0), max(top, 0), min(left + side, im.width), min(top + side, im.height))),
-              (max(-left, 0), max(-top, 0)))
-    return out
-
-
 #: how N reference photos' patch tokens reach the adapters: "concat" (all N * T tokens, the paper) or "mean"
 PATCH_MODES = ("concat", "mean")
 
@@ -128,10 +88,14 @@ class InstantBoothPipeline:
         return normalise_pixels(x, s, pre["mean"], pre["std"])
 
     @torch.no_grad()
-    def encode_images(self, images, mask_background: bool = True,
-                      patches: str = "concat") -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_images(self, images, mask_background: bool = True, patches: str = "concat", *,
+                      class_noun: str | None = None, segmenter: str = "") -> tuple[torch.Tensor, torch.Tensor]:
         """N >= 1 reference images of ONE subject -> (concept embedding [text_dim], patches [1, N * T, cross_dim]).
 
+        mask_background: each photo's subject cut out on white and framed square at 3/4 of the side, as pretraining
+        showed the encoder its conditions (methods.vision.framed_references: the mask from the photo's alpha, else
+        the `segmenter` (a CLIPSeg folder or id) prompted with `class_noun`, else a flat background, else the whole
+        photo, with a warning); False: the photos as given (already framed cut-outs).
         patches="mean": the N images' tokens are averaged position by position instead -> [1, T, cross_dim], the
         token count pretraining conditioned on (one image per scene); the framing makes the positions comparable.
         """
@@ -139,9 +103,12 @@ class InstantBoothPipeline:
             raise InputError(f"InstantBooth patches must be one of {PATCH_MODES} (got {patches!r})")
         if not images:
             raise InputError("InstantBooth needs at least one reference image")
-        if mask_background:  # the background is known to be flat: mask it, then frame the subject as pretraining did
-            images = [centre_subject(mask_flat_background(im)) for im in images]
         enc = self.pipe.image_encoder
+        if mask_background:
+            from .. import vision
+
+            noun = class_noun or self.meta.get("class") or "object"
+            images = vision.framed_references(images, noun, segmenter=segmenter, device=enc.device)
         embeds, tokens = image_features(enc, self.pixel_values(images))  # [N, E], [N, T, H]
         head_param = next(self.model.concept_head.parameters())
         embeds, tokens = embeds.to(head_param), tokens.to(head_param)
@@ -151,9 +118,12 @@ class InstantBoothPipeline:
         return concept[0], patch_tokens
 
     @torch.no_grad()
-    def set_images(self, images, beta: float | None = None, mask_background: bool = True) -> None:
-        """Encode N >= 1 reference images of ONE subject: the mean concept embedding and all N images' patches."""
-        self.concept, patches = self.encode_images(images, mask_background)
+    def set_images(self, images, beta: float | None = None, mask_background: bool = True, *,
+                   class_noun: str | None = None, segmenter: str = "") -> None:
+        """Encode N >= 1 reference images of ONE subject (see encode_images): the mean concept embedding and all N
+        images' patches."""
+        self.concept, patches = self.encode_images(images, mask_background, class_noun=class_noun,
+                                                   segmenter=segmenter)
         self.attached.set_patches(patches, self.cfg.beta if beta is None else beta)
 
     @torch.no_grad()
@@ -237,31 +207,38 @@ def load_reference_images(images) -> list:
     return load_subject_images(images)
 
 
+def subject_noun(prompt: str, identifier: str) -> str | None:
+    """The word a prompt puts after the identifier ("a photo of sks dog on a beach" -> "dog"): the class noun a
+    segmenter is prompted with when the artifact names none."""
+    words = prompt.replace(",", " ").split()
+    return next((words[i + 1] for i, w in enumerate(words[:-1]) if w == identifier), None)
+
+
 def generate_instant(pipe, artifact_dir: str | Path, ref_images, prompt: str, cfg=None, *, alpha: float | None = None,
                      beta: float | None = None, uncond_beta: float | None = None, mask_background: bool = True,
-                     check_model: bool = True) -> list:
+                     segmenter: str = "", check_model: bool = True) -> list:
     """Personalised images without any training step: -> list of PIL images (image i uses seed cfg.seed + i).
 
     ref_images: a folder of photos, a list of files, or PIL images (any number, one subject). cfg: a
     boothkit.generate.GenerateConfig (n, seed, steps, guidance, size, negative prompt). The pipeline is left as it
-    was (adapters removed) when this returns. check_model: refuse an artifact trained on another base model.
+    was (adapters removed) when this returns. mask_background / segmenter: how the subject is cut out of the photos
+    (InstantBoothPipeline.encode_images). check_model: refuse an artifact trained for another base model, family or
+    vision tower (methods.vision.check_fits).
     """
     from ...generate import GenerateConfig, check_prompt, native_size
+    from .. import vision
 
     cfg = cfg or GenerateConfig()
     meta = artifact.read_meta(artifact_dir)
-    if check_model and meta.get("model_hash"):
-        from ..core import pipeline_model_hash
-
-        have = pipeline_model_hash(pipe)
-        if have != meta["model_hash"]:
-            raise InputError(f"--instant {artifact_dir} was trained on base model {meta.get('base_model')!r} "
-                             f"(hash {meta['model_hash']}), but this pipeline's base model has hash {have}")
+    vision.require_tower(pipe, f"--instant {artifact_dir}")
+    if check_model:
+        vision.check_fits(pipe, meta, f"--instant {artifact_dir}")
     refs = load_reference_images(ref_images)
     check_prompt(pipe, prompt)
     ib = install_instantbooth(pipe, artifact_dir, alpha=alpha, beta=beta, uncond_beta=uncond_beta)
     try:
-        ib.set_images(refs, mask_background=mask_background)
+        ib.set_images(refs, mask_background=mask_background, segmenter=segmenter,
+                      class_noun=meta.get("class") or subject_noun(prompt, ib.cfg.identifier))
         embeds = ib.pipe_kwargs(prompt)
         size = native_size(pipe)
         out = []

@@ -1,288 +1,275 @@
-"""Pretraining InstantBooth on world scenes of train concepts (Shi et al. 2023, §3.1 data, §3.5 training).
+"""What InstantBooth's pretraining trains and its per-batch loss (Shi et al. 2023, §3.1 data, §3.5 training); the
+shared training loop (boothkit.training.loop.train) runs it on the loader's batches (boothkit.data), and
+boothkit.pretrain.encoders orchestrates a run (`boothkit pretrain instantbooth`).
 
-Per step, for a batch of single-object scenes of the chosen class (held-out subjects are never drawn):
-  target     the full scene; its caption names the object "sks <class>" (identifier + class noun)
-  condition  the same object, rendered in its plain colour style, cut out with the renderer's alpha mask onto
-             white, then augmented (random scale, shift, flip, colour jitter). Decisions: the condition is
-             re-centred by the crop, so the model cannot copy the position, and it is always the colour style
-             (styles such as "grayscale" come from the caption only), so style words stay in the text's control.
-  loss       the plain denoising loss (training.loss.denoising_loss) with the concept embedding injected at
-             "sks" (alpha = 1) and the adapters on (beta = 1), as in the paper's training. Beyond the paper,
-             `object_weight` w weights each latent pixel by 1 + w * (object coverage), from the renderer's own
-             mask: in a 64-px scene a small subject covers ~5% of the latent, so the plain loss is mostly
-             background, and the identity signal is what a short (CPU) run needs most.
-Trainable: the concept head, the patch head and the adapters (AdamW groups with their own learning rates; the
-adapters' gates gamma can have their own, `lr_gamma`, since Adam moves a scalar by about lr per step);
-the VAE, text encoder, vision tower and UNet are frozen. A step's scenes, augmentation, noise and timesteps are a
-pure function of (seed, step), and checkpoints carry the optimizer state, so a resumed run reproduces the
-uninterrupted one bit for bit.
+Per micro-step, one batch of the loader, from any source (`--data`: a caption folder, an imagefolder, a `datasets`
+folder or name, WebDataset shards, or the world, the default):
+  target     the full image, unmasked (the paper's choice: the model learns to place the subject in a new context
+             instead of copying it); its caption names the subject by the identifier in front of the class noun
+             ("a sks woman on a beach"), which the loader put there.
+  condition  the subject cut out onto white by its mask and augmented (boothkit.data.subject_condition: re-centred at
+             a random scale, shifted, flipped, colour-jittered, all drawn from the step's generator). Cut out of the
+             target itself (real data has one photo per record: its mask comes from an alpha channel, a mask file or
+             column, a bbox, the --segmenter, else the whole image), or out of the source's own condition photo when
+             it has one: the world renders the same glyph at the same place in its plain colour style on white with
+             its exact alpha, so style words ("grayscale", "outline") stay in the caption's control.
+  loss       the plain denoising loss (training.loss.denoising_loss) with the concept embedding injected at the
+             identifier (alpha = 1) and the adapters on (beta = 1), as in the paper's training. Beyond the paper,
+             `object_weight` w weights each latent pixel by 1 + w * (subject coverage, from the mask): in a small
+             image a small subject is a few percent of the latent, so the plain loss is mostly background.
+SDXL (boothkit.families): the concept embedding replaces the identifier's position of the concatenated context of
+both text encoders; the pooled embedding is the caption's own (text_encoder_2's projection of the caption as
+written), as at generation (concept.py); the UNet reads each image's size and crop micro-conditioning from the
+loader (`original_size`, `crop_top_left`).
+Trainable: the concept head, the patch head and the adapters, held by one module (`Trainer`) whose forward computes
+the per-example loss, so that under `accelerate launch` DDP synchronises exactly their gradients; AdamW groups with
+their own learning rates (lr for the heads, lr_adapters, lr_gamma for the gates: Adam moves a scalar by about lr per
+step). The VAE, the text encoder(s), the vision tower and the UNet are frozen.
 """
 
 from __future__ import annotations
 
-import json
-import random
+import hashlib
 from pathlib import Path
-from typing import Callable
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
-from ...inputs import InputError
-from ...training.checkpoint import load_optimizer_tensors, resume_point
-from ...training.steps import pretraining_steps
+from ...data import count_skipped
+from ...families import TextConditioning
+from ...training.loss import denoising_loss
+from ...training.recipe import Recipe
+from .. import vision
 from . import artifact
 from .config import InstantBoothConfig, PretrainConfig
 from .modules import (InstantBooth, attach, image_features, inject_concept, model_dims, normalise_pixels,
                       single_token_id)
 
-#: config fields a resumed run may change (everything else must match the checkpoint's run)
-_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "val_every", "val_batches"}
-#: InstantBoothConfig fields that only matter at inference (training runs at alpha = beta = 1): the artifact stores
-#: them as its defaults, and a resumed run or an export (--resume --steps N) may set them
-_INFERENCE_KNOBS = ("alpha", "beta")
-
-
-def _trained_shape(model_config: dict) -> dict:
-    return {k: v for k, v in model_config.items() if k not in _INFERENCE_KNOBS}
-
 
 def _seed(seed: int, name: str) -> int:
-    import hashlib
-
     return int(hashlib.sha1(f"instantbooth:{seed}:{name}".encode()).hexdigest()[:8], 16)
 
 
 def preprocessing_of(pipe) -> dict:
-    """How images are fed to the vision tower: its input size and the feature extractor's mean/std."""
-    fe = getattr(pipe, "feature_extractor", None)
-    mean = list(getattr(fe, "image_mean", None) or [0.48145466, 0.4578275, 0.40821073])
-    std = list(getattr(fe, "image_std", None) or [0.26862954, 0.26130258, 0.27577711])
-    return {"image_size": int(pipe.image_encoder.config.image_size), "mean": mean, "std": std,
-            "background": "masked to white",
+    """How images are fed to the vision tower (its input size, the image processor's mean/std) and how the
+    references are prepared (what `InstantBoothPipeline.encode_images` repeats at inference)."""
+    return {**vision.tower_preprocessing(pipe), "background": "masked to white",
             "framing": "subject re-centred in a square (pretraining: random cond_scale; inference: 3/4 of the side)"}
 
 
-class ScenePairs:
-    """Batch `step` of (target scene, condition crop, caption): a pure function of (seed, step)."""
-
-    def __init__(self, cfg: PretrainConfig, identifier: str, device, heldout: bool = False):
-        from ...world.atlas import load_atlas
-        from ...world.concepts import concept_index, heldout_concepts, train_concepts
-        from ...world.render import SceneRenderer
-        from ...world.scenes import SceneSampler
-
-        idx = concept_index()
-        # heldout=True only for the validation loss: held-out subjects are never trained on
-        concepts = heldout_concepts() if heldout else train_concepts()
-        pool = [(idx[c.id], c) for c in concepts if cfg.cls == "all" or c.cls == cfg.cls]
-        if not pool:
-            raise InputError(f"no {'held-out' if heldout else 'train'} concepts of class {cfg.cls!r}")
-        self.cfg, self.identifier, self.device = cfg, identifier, torch.device(device)
-        # single objects only (the paper keeps single-object images); always named, so "sks <class>" can stand in
-        self.sampler = SceneSampler(pool, p_two=0.0, p_class_only=0.0)
-        self.renderer = SceneRenderer(load_atlas(progress=False), self.device)
-        self.n_concepts = len(pool)
-
-    def make(self, step: int) -> dict:
-        from ...world.render import SceneBatch
-        from ...world.scenes import caption
-
-        rng = random.Random(f"instantbooth:{self.cfg.seed}:{step}")
-        scenes = []
-        for _ in range(self.cfg.batch_size):
-            s = self.sampler.sample(rng)
-            obj = s.objects[0]
-            obj.name = f"{self.identifier} {obj.cls}"
-            s.caption = caption(s, rng)
-            scenes.append(s)
-        sb = SceneBatch.from_scenes(scenes)
-        target, target_masks = self.renderer.render(sb, return_masks=True)  # [B, 3, 64, 64] in [0, 1], [B, K, ..]
-        plain = SceneBatch(sb.concept, sb.size_px, sb.cx, sb.cy, torch.zeros_like(sb.style), sb.valid, sb.bg)
-        canvas, masks = self.renderer.render(plain, return_masks=True)
-        g = torch.Generator("cpu").manual_seed(_seed(self.cfg.seed, f"augment-{step}"))
-        cond = self.condition(canvas, masks[:, :1], sb, g)
-        return {"target": target, "object_mask": target_masks[:, :1], "condition": cond,
-                "captions": [s.caption for s in scenes],
-                "concepts": sb.concept[:, 0].tolist()}
-
-    def condition(self, canvas, alpha, sb, g: torch.Generator) -> torch.Tensor:
-        """Cut the object out onto white, re-centre it at a random scale/shift, flip, jitter colours.
-
-        canvas [B, 3, S, S] (object over a flat background), alpha [B, 1, S, S] -> [B, 3, S, S] in [0, 1]
-        """
-        cfg, dev = self.cfg, canvas.device
-        b, _, s, _ = canvas.shape
-        bg = sb.bg.to(dev).view(b, 3, 1, 1)
-        on_white = canvas + (1 - bg) * (1 - alpha)  # un-composite: canvas = bg (1 - a) + rgb a -> white (1 - a) + rgb a
-        u = lambda *shape: torch.rand(*shape, generator=g).to(dev)  # noqa: E731
-        lo, hi = cfg.cond_scale
-        frac = lo + (hi - lo) * u(b)  # object's side in the condition, as a fraction of the image
-        scale = (sb.size_px.to(dev)[:, 0] / s) / frac  # source extent per output extent
-        flip = torch.where(u(b) < cfg.cond_flip, -1.0, 1.0)
-        shift = (u(b, 2) * 2 - 1) * cfg.cond_shift * 2  # in normalised [-1, 1] coordinates
-        cx = sb.cx.to(dev)[:, 0] / s * 2 - 1
-        cy = sb.cy.to(dev)[:, 0] / s * 2 - 1
-        theta = torch.zeros(b, 2, 3, device=dev)
-        theta[:, 0, 0] = scale * flip
-        theta[:, 0, 2] = cx - scale * shift[:, 0]
-        theta[:, 1, 1] = scale
-        theta[:, 1, 2] = cy - scale * shift[:, 1]
-        grid = F.affine_grid(theta, [b, 4, s, s], align_corners=False)
-        warped = F.grid_sample(torch.cat([on_white - 1, alpha], 1), grid, mode="bilinear", padding_mode="zeros",
-                               align_corners=False)  # outside the scene: white, alpha 0
-        rgb, a = warped[:, :3] + 1, warped[:, 3:]
-        j = cfg.cond_jitter
-        gain = 1 + j * (u(b, 3) * 2 - 1)  # per-channel colour gain
-        contrast = 1 + j * (u(b, 1) * 2 - 1)
-        bright = j * 0.5 * (u(b, 1) * 2 - 1)
-        rgb = ((rgb - 0.5) * contrast.view(b, 1, 1, 1) + 0.5) * gain.view(b, 3, 1, 1) + bright.view(b, 1, 1, 1)
-        return (rgb.clamp(0, 1) * a + (1 - a)).clamp(0, 1)  # jitter the object only; background stays white
+def artifact_meta(pipe, model_cfg: InstantBoothConfig, class_noun: str) -> dict:
+    """What the artifact's json records besides the weights: what it was trained for (base model and hash, family,
+    vision tower: methods.vision), the class, the identifier and the preprocessing."""
+    return {"method": "instantbooth", **vision.trained_for(pipe),
+            "class": None if class_noun == "all" else class_noun, "classes": class_noun,
+            "identifier": model_cfg.identifier, "preprocessing": preprocessing_of(pipe),
+            "prompt": f"a photo of {model_cfg.identifier} {'person' if class_noun == 'all' else class_noun}"}
 
 
-def base_meta(pipe, model: str, model_cfg: InstantBoothConfig, cls: str) -> dict:
-    """What the artifact's json records about the base model and how to use the artifact."""
-    from ...pipeline import model_hash
-
-    return {"method": "instantbooth", "base_model": model, "model_hash": model_hash(model),
-            "class": None if cls == "all" else cls, "classes": cls, "identifier": model_cfg.identifier,
-            "preprocessing": preprocessing_of(pipe),
-            "prompt": f"a photo of {model_cfg.identifier} {'person' if cls == 'all' else cls}"}
-
-
-def write_untrained(out: str | Path, pipe, model: str = "world", model_cfg: InstantBoothConfig | None = None,
+def write_untrained(out: str | Path, pipe, model: str | None = None, model_cfg: InstantBoothConfig | None = None,
                     seed: int = 0, cls: str = "all") -> Path:
     """An artifact with freshly initialised weights (gamma = 0, so the adapters change nothing): what a trained one
-    costs at inference, and a fixture for tests. Marked "trained": false in its json."""
+    costs at inference, and a fixture for tests. Marked "trained": false in its json. model: the base model to
+    record when it is not the one `pipe` was loaded as."""
+    from ...pipeline import model_hash
+
     model_cfg = model_cfg or InstantBoothConfig()
     torch.manual_seed(_seed(seed, "init"))
     ib = InstantBooth(model_cfg, model_dims(pipe))
-    return artifact.save(ib, out, {**base_meta(pipe, model, model_cfg, cls), "trained": False})
+    meta = artifact_meta(pipe, model_cfg, cls)
+    if model is not None and model != meta["base_model"]:
+        meta.update(base_model=model, model_hash=model_hash(model))
+    return artifact.save(ib, out, {**meta, "trained": False})
 
 
-def _trainable_groups(model: InstantBooth, cfg: PretrainConfig) -> list[dict]:
-    heads = list(model.concept_head.parameters()) + list(model.patch_head.parameters())
-    groups = [{"params": heads, "lr": cfg.lr_heads, "name": "heads"}]
-    if not cfg.lr_gamma:
-        return groups + [{"params": list(model.adapters.parameters()), "lr": cfg.lr_adapters, "name": "adapters"}]
-    gammas = [a.gamma for a in model.adapters.values()]
-    rest = [p for p in model.adapters.parameters() if all(p is not g for g in gammas)]
-    return groups + [{"params": rest, "lr": cfg.lr_adapters, "name": "adapters"},
-                     {"params": gammas, "lr": cfg.lr_gamma, "weight_decay": 0.0, "name": "gamma"}]
-
-
-def loss_weights(object_mask: torch.Tensor, latent_hw: tuple[int, int], object_weight: float) -> torch.Tensor | None:
-    """[B, 1, H, W] object coverage in [0, 1] -> [B, 1, h, w] latent-pixel weights 1 + w * coverage (None: w = 0)."""
+def loss_weights(mask: torch.Tensor, latent_hw: tuple[int, int], object_weight: float) -> torch.Tensor | None:
+    """[B, 1, H, W] subject coverage in [0, 1] -> [B, 1, h, w] latent-pixel weights 1 + w * coverage (None: w = 0)."""
     if not object_weight:
         return None
-    return 1.0 + object_weight * F.adaptive_avg_pool2d(object_mask, latent_hw)
+    return 1.0 + object_weight * F.adaptive_avg_pool2d(mask.float(), latent_hw)
 
 
-def pretrain_instantbooth(out: str | Path, cfg: PretrainConfig, model_cfg: InstantBoothConfig | None = None, *,
-                          model: str = "world", work: str | Path | None = None, resume: bool = False,
-                          device: str | None = "cpu", progress: bool = True,
-                          on_step: Callable[[int, float], None] | None = None) -> dict:
-    """Train the heads and adapters; write the artifact to `out`; return a summary.
+class Trainer(nn.Module):
+    """The trainable parts as one module whose forward is the per-example loss: what the training loop hands to
+    accelerate (DDP synchronises the gradients of the parameters used in the wrapped module's forward). The frozen
+    models are reached through the recipe, not registered here, so DDP neither broadcasts nor watches them."""
 
-    work: checkpoints and train_log.jsonl (default: `<out>.work` next to out). resume: continue from the newest
-    complete checkpoint in work (refused if the run's settings differ, except steps and the checkpoint and
-    validation cadence); with cfg.steps equal to that checkpoint's step, only write its artifact (a run that was
-    stopped early). train_log.jsonl gets the loss per step and, every cfg.val_every steps, the loss on fixed
-    batches of HELD-OUT concepts (evaluated only, never trained on).
-    """
-    from ...pipeline import load_pipeline, model_hash, pick_device
-    from ...training.loss import denoising_loss, training_scheduler
+    def __init__(self, ib: InstantBooth, recipe: "InstantBoothPretrain"):
+        super().__init__()
+        self.ib = ib
+        self.__dict__["recipe"] = recipe  # a plain attribute: not a submodule
 
-    model_cfg = model_cfg or InstantBoothConfig()
-    out = Path(out)
-    if out.exists() and (out.is_file() or any(out.iterdir()) and not artifact.is_artifact(out)):
-        raise InputError(f"--out {out}: exists and is not an InstantBooth artifact folder; pick a new folder")
-    work = Path(work) if work else out.resolve().parent / f"{out.name}.work"
-    dev = pick_device(device)
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    pipe = load_pipeline(model, device=str(dev), dtype="fp32", progress=False)
-    for m in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.image_encoder):
-        m.requires_grad_(False).eval()
-    tok = pipe.tokenizer
-    token_id = single_token_id(tok, model_cfg.identifier)
-    dims = model_dims(pipe)
-    pre = preprocessing_of(pipe)
-    torch.manual_seed(_seed(cfg.seed, "init"))
-    ib = InstantBooth(model_cfg, dims).to(dev).train()
-    attached = attach(pipe.unet, ib, beta=1.0)
-    opt = torch.optim.AdamW(_trainable_groups(ib, cfg), weight_decay=cfg.weight_decay)
-    sched = training_scheduler(pipe)
-    scaling = float(pipe.vae.config.scaling_factor)
-    run = json.loads(json.dumps({"config": cfg.to_dict(), "model_config": _trained_shape(model_cfg.to_dict()),
-                                 "base_model": model,
-                                 "model_hash": model_hash(model)}))  # as the checkpoint's meta.json will read back
+    def forward(self, batch: dict, g: torch.Generator) -> torch.Tensor:
+        """-> [B] denoising loss per example."""
+        return self.recipe.per_example_loss(self.ib, batch, g)
 
-    start, ck, groups = resume_point(
-        work, resume, run, _RESUMABLE_CHANGES, ("model_config", "model_hash"),
-        saved_run=lambda r: {**r, "model_config": _trained_shape(r.get("model_config", {}))})
-    if groups:
-        ib.load_state_dict(groups["model"])
-        load_optimizer_tensors(opt, groups["optimizer"])
-    if start > cfg.steps:
-        raise InputError(f"--resume: {ck} is already at step {start} > --steps {cfg.steps}; pass --steps {start} to "
-                         f"write the artifact from it, or more to train on")
-    # start == cfg.steps: nothing to train; the artifact is written from the checkpoint (a run stopped early)
+    def enable_gradient_checkpointing(self) -> None:
+        """The loop's gradient_checkpointing: the frozen UNet recomputes its activations in the backward pass."""
+        self.recipe.unet.enable_gradient_checkpointing()
 
-    def batch_loss(batch: dict, g: torch.Generator) -> torch.Tensor:
-        """Per-example denoising loss of one batch with the concept token and the adapters on (alpha = beta = 1)."""
+
+class InstantBoothPretrain(Recipe):
+    """InstantBooth's pretraining recipe: heads + adapters trainable, everything else frozen (see the module)."""
+
+    train_modules = ("trainer",)
+
+    def __init__(self, pipe, cfg: PretrainConfig, model_cfg: InstantBoothConfig, *, class_noun: str,
+                 validation: dict | None = None, segmenter=None):
+        """class_noun: what the captions name ("all" for the world's every class); validation: the held-out batch
+        (boothkit.data.validation_batch) for evaluate() and the grids; segmenter: a boothkit.data.Segmenter that
+        fills the masks of the rows that have none (on the training device)."""
+        self.model_cfg, self.class_noun = model_cfg, class_noun
+        self.validation, self.segmenter = validation, segmenter
+        self.skipped: dict[str, int] = {}  #: records the loader replaced so far, by reason (count_skipped)
+        super().__init__(pipe, cfg, [])
+
+    def setup(self) -> None:
+        vision.require_tower(self.pipe, "InstantBooth")
+        self.image_encoder = self.pipe.image_encoder.requires_grad_(False).eval()
+        self.token_id = single_token_id(self.tokenizer, self.model_cfg.identifier)
+        self.pre = preprocessing_of(self.pipe)
+        self.ib = InstantBooth(self.model_cfg, model_dims(self.pipe))  # Recipe seeded the init from cfg.seed
+        self.attached = attach(self.unet, self.ib, beta=1.0)
+        self.trainer = Trainer(self.ib, self).requires_grad_(True)
+        self.display_prompt = self.cfg.validation_prompt or self.artifact_meta()["prompt"]
+
+    def components(self) -> dict[str, nn.Module]:
+        return {**super().components(), "image_encoder": self.image_encoder, "trainer": self.trainer}
+
+    def trainable_parameters(self) -> list[dict]:
+        cfg, ib = self.cfg, self.ib
+        heads = list(ib.concept_head.parameters()) + list(ib.patch_head.parameters())
+        groups = [{"params": heads, "lr_scale": 1.0, "name": "heads"}]
+        if not cfg.lr_gamma:
+            return groups + [{"params": list(ib.adapters.parameters()), "lr_scale": cfg.lr_adapters / cfg.lr,
+                              "name": "adapters"}]
+        gammas = [a.gamma for a in ib.adapters.values()]
+        rest = [p for p in ib.adapters.parameters() if all(p is not g for g in gammas)]
+        return groups + [{"params": rest, "lr_scale": cfg.lr_adapters / cfg.lr, "name": "adapters"},
+                         {"params": gammas, "lr_scale": cfg.lr_gamma / cfg.lr, "weight_decay": 0.0, "name": "gamma"}]
+
+    # --- the loss -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def condition_images(self, batch: dict, g: torch.Generator) -> torch.Tensor:
+        """The batch's conditions: the subject cut out on white and augmented -> [B, 3, S, S] in [0, 1]: from the
+        source's condition photo when it has one (the world), else from the target and its mask."""
+        if "condition" in batch:
+            images, mask = batch["condition"], batch["condition_mask"]
+        else:
+            images, mask = batch["pixels"], batch["mask"]
+        from ...data import subject_condition
+
+        return subject_condition((images.float() + 1) / 2, mask.float(), g, self.cfg.condition())
+
+    def per_example_loss(self, ib: InstantBooth, batch: dict, g: torch.Generator) -> torch.Tensor:
+        """One batch of the loader -> [B] denoising loss with the concept at the identifier and the adapters on."""
+        from ...data import micro_conditioning, to_device
+
+        dev = self.unet.device
+        batch = to_device(batch, dev)
+        if self.segmenter is not None:
+            self.segmenter.fill(batch)  # the rows without a mask: cut out by the segmenter, on the device
+        pre = self.pre
         with torch.no_grad():
-            x = batch["target"] * 2 - 1
-            latents = pipe.vae.encode(x).latent_dist.sample(generator=g) * scaling  # [B, 4, h, w]
-            input_ids = tok(batch["captions"], padding="max_length", max_length=tok.model_max_length,
-                            truncation=True, return_tensors="pt").input_ids
-            hidden = pipe.text_encoder(input_ids.to(dev))[0]  # [B, 77, text_dim]
-            pix = normalise_pixels(batch["condition"], pre["image_size"], pre["mean"], pre["std"])
-            embeds, tokens = image_features(pipe.image_encoder, pix)  # [B, E], [B, T, H]
-        concept, patches = ib.encode(embeds[:, None], tokens[:, None])  # one condition image per scene (N = 1)
-        cond = inject_concept(hidden, input_ids, token_id, concept, alpha=1.0)
-        attached.set_patches(patches, beta=1.0)
-        weights = loss_weights(batch["object_mask"], tuple(latents.shape[-2:]), cfg.object_weight)
-        return denoising_loss(pipe.unet, sched, latents, cond, g, mask=weights)  # [B]
+            cond = self.condition_images(batch, g)  # [B, 3, S, S] in [0, 1]
+            pix = normalise_pixels(cond, pre["image_size"], pre["mean"], pre["std"])  # [B, 3, s, s]
+            embeds, tokens = image_features(self.image_encoder, pix)  # [B, E], [B, T, H]
+            latents = self.encode_images(batch["pixels"], g)  # [B, 4, h, w]
+            text = self.family.encode_prompts(self.pipe, batch["captions"])  # hidden [B, L, D] (SDXL: + pooled)
+            ids = self.family.token_ids(self.pipe, batch["captions"])[0].to(dev)  # [B, L]
+        concept, patches = ib.encode(embeds[:, None].float(), tokens[:, None].float())  # one condition per image
+        hidden = inject_concept(text.hidden, ids, self.token_id, concept, alpha=1.0)  # [B, L, D]
+        self.attached.set_patches(patches, beta=1.0)
+        weights = loss_weights(batch["mask"], tuple(latents.shape[-2:]), self.cfg.object_weight)
+        cond_text = TextConditioning(hidden, text.pooled)
+        return denoising_loss(self.unet, self.noise_scheduler, latents, hidden, g, mask=weights,
+                              snr_gamma=self.cfg.snr_gamma, noise_offset=self.cfg.noise_offset,
+                              unet_kwargs=self.family.unet_kwargs(cond_text, micro_conditioning(batch)))  # [B]
 
-    val_data = ScenePairs(cfg, model_cfg.identifier, dev, heldout=True) if cfg.val_batches else None
-    val_set = [val_data.make(10**9 + i) for i in range(cfg.val_batches)] if val_data else []
+    def loss(self, g: torch.Generator, batch: dict | None = None) -> torch.Tensor:
+        count_skipped(self.skipped, batch)
+        return self.module("trainer")(batch, g).mean()
+
+    # --- what the loop logs ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Mean denoising loss on the held-out batch with fixed noise: comparable across steps and runs."""
+        from ...data import batch_rows
+
+        if not self.validation:
+            return {}
+        was = self.trainer.training
+        self.trainer.eval()
+        b, n = self.cfg.batch_size, len(self.validation["captions"])
+        losses = [self.per_example_loss(self.ib, batch_rows(self.validation, slice(i, i + b)),
+                                        torch.Generator("cpu").manual_seed(_seed(self.cfg.seed, f"val-{i}")))
+                  for i in range(0, n, b)]
+        self.trainer.train(was)
+        return {"heldout_loss": float(torch.cat(losses).mean())}
+
+    def step_log(self) -> dict:
+        gammas = torch.stack([a.gamma.detach() for a in self.ib.adapters.values()])
+        return {"mean_abs_tanh_gamma": float(gammas.tanh().abs().mean()),
+                "skipped_records": sum(self.skipped.values())}
 
     @torch.no_grad()
-    def heldout_loss() -> dict:
-        """Mean loss on fixed batches of held-out subjects, fixed noise: comparable across steps and runs."""
-        if not val_set:
-            return {}
-        ib.eval()
-        out = [batch_loss(b, torch.Generator("cpu").manual_seed(_seed(cfg.seed, f"val-{i}"))).mean().item()
-               for i, b in enumerate(val_set)]
-        ib.train()
-        return {"heldout_loss": sum(out) / len(out)}
+    def validation_images(self, cfg) -> tuple[list, str]:
+        """For each of the first cfg.validation_images held-out records: its reference as the encoder reads it at
+        inference (cut out, framed) and one image of "a photo of <identifier> <its class>" drawn from it at the
+        artifact's alpha and beta (seed 0)."""
+        from PIL import Image
 
-    data = ScenePairs(cfg, model_cfg.identifier, dev)
+        from ...data import frame_subject, row_image
+        from .inference import InstantBoothPipeline
 
-    def step_loss(step: int) -> tuple[torch.Tensor, float, dict]:
-        batch = data.make(step)
-        g = torch.Generator("cpu").manual_seed(_seed(cfg.seed, f"noise-{step}"))
-        loss = batch_loss(batch, g).mean()
-        return loss, float(loss.detach()), {}
+        val = self.validation
+        if not val:
+            return [], "no held-out records"
+        n = min(cfg.validation_images, len(val["captions"]))
+        handle = InstantBoothPipeline(self.pipe, self.ib, {"preprocessing": self.pre}, self.attached)
+        models = [self.trainer, self.unet, self.vae, self.image_encoder]
+        was = [m.training for m in models]
+        for m in models:
+            m.eval()
+        vae_dtype = self.vae.dtype
+        if vae_dtype != torch.float32:  # sampling decodes in fp32 (as the loop's prompt_samples)
+            self.vae.to(torch.float32)
+        images, prompts = [], []
+        try:
+            for i in range(n):
+                photo = row_image(val["pixels"][i])
+                mask = Image.fromarray((val["mask"][i, 0].float().cpu().numpy() * 255).round().astype("uint8"), "L")
+                ref = frame_subject(photo, mask)
+                noun = val["class_nouns"][i] or self.class_noun
+                prompt = cfg.validation_prompt or f"a photo of {self.model_cfg.identifier} {noun}"
+                handle.set_images([ref], beta=self.model_cfg.beta, mask_background=False)
+                g = torch.Generator("cpu").manual_seed(0)
+                images += [ref.resize(photo.size), self.pipe(**handle.pipe_kwargs(prompt, alpha=self.model_cfg.alpha),
+                                                             num_inference_steps=cfg.validation_steps,
+                                                             guidance_scale=5.0, generator=g).images[0]]
+                prompts.append(prompt)
+        finally:
+            self.attached.set_patches(None, beta=1.0)
+            if vae_dtype != torch.float32:
+                self.vae.to(vae_dtype)
+            for m, w in zip(models, was):
+                m.train(w)
+        return images, " | ".join(f"reference, then {p!r}" for p in prompts)
 
-    def gates() -> dict:
-        gammas = torch.stack([a.gamma.detach() for a in ib.adapters.values()])
-        return {"mean_abs_tanh_gamma": float(gammas.tanh().abs().mean())}
+    # --- checkpoints and the artifact --------------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach() for k, v in self.ib.state_dict().items()}
 
-    losses, val_first, val_last, seconds = pretraining_steps(
-        cfg, start=start, work=work, opt=opt, params=[p for grp in opt.param_groups for p in grp["params"]], run=run,
-        step_loss=step_loss, fixed_losses=heldout_loss, state=ib.state_dict, desc="pretrain instantbooth",
-        after_step=gates, progress=progress, on_step=on_step)
-    attached.detach()
-    summary = {"steps": cfg.steps, "first_step": start, "batch_size": cfg.batch_size,
-               "train_seconds": round(seconds, 2), "final_loss": losses[-1] if losses else None,
-               "n_train_concepts": data.n_concepts, "device": str(dev),
-               "heldout_loss": {"first": val_first.get("heldout_loss"), "last": val_last.get("heldout_loss"),
-                                "batches": cfg.val_batches,
-                                "n_heldout_concepts": val_data.n_concepts if val_data else 0}}
-    artifact.save(ib, out, {**base_meta(pipe, model, model_cfg, cfg.cls), "trained": True,
-                            "pretrain": {"config": cfg.to_dict(), **summary}})
-    return {"out": str(out), "work": str(work), **summary}
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.ib.load_state_dict(tensors)
+        self.attached.set_patches(None)  # invalidates any cached patch keys/values
+
+    def artifact_meta(self) -> dict:
+        return artifact_meta(self.pipe, self.model_cfg, self.class_noun)
+
+    def save_artifact(self, folder, meta: dict | None = None) -> dict:
+        """Write the artifact (instantbooth.safetensors + .json) to `folder`, atomically."""
+        artifact.save(self.ib, folder, {**self.artifact_meta(), **(meta or {})})
+        return {"files": [artifact.WEIGHTS, artifact.META]}
+
