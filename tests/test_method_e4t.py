@@ -249,7 +249,7 @@ def test_tuning_encodes_each_distinct_prompt_once_with_the_same_values_and_gradi
     hook = te.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
     prompts = [PROMPT, "sks person on a red background", PROMPT, PROMPT]
     recipe = SimpleNamespace(pipe=pipe, family=family_of(pipe))
-    weights = torch.randn(len(prompts), 77, te.config.hidden_size)
+    weights = torch.randn(len(prompts), 77, te.config.hidden_size, generator=torch.Generator().manual_seed(0))
 
     def grad_of(encode):
         word.grad = None
@@ -265,8 +265,10 @@ def test_tuning_encodes_each_distinct_prompt_once_with_the_same_values_and_gradi
     hook.remove()
     inj.remove()
     assert torch.allclose(got, want, atol=1e-5)
-    assert torch.allclose(got_grad, want_grad, rtol=1e-4, atol=1e-6)
-    assert float(want_grad.abs().sum()) > 0
+    # the word's gradient sums 4 x 77 x 128 products of both signs: its float rounding is relative to the
+    # largest of its elements, not to each one (an element near 0 is the difference of large terms)
+    scale = float(want_grad.abs().max())
+    assert scale > 0 and torch.allclose(got_grad, want_grad, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_framing_on_tensors_is_frame_subject():
