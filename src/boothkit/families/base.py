@@ -18,13 +18,17 @@ class TextEncoderSlot:
 
     encoder: str  #: pipeline attribute of the text encoder: "text_encoder", "text_encoder_2"
     tokenizer: str  #: pipeline attribute of its tokenizer: "tokenizer", "tokenizer_2"
-    ti_weights: str  #: file of a Textual Inversion embedding for this encoder (diffusers' training scripts' names)
     a1111_key: str  #: key of this encoder's vectors in an AUTOMATIC1111 embedding file ("emb_params", "clip_l", ...)
     kohya_prefix: str  #: kohya LoRA key prefix of this encoder ("lora_te", "lora_te1", "lora_te2")
     lora_layers_kwarg: str  #: save_lora_weights' argument for this encoder's LoRA layers
     #: suffix of this encoder's per-encoder files ("" for the first, "_2" for SDXL's second), as diffusers' SDXL
     #: scripts name them (learned_embeds.safetensors, learned_embeds_2.safetensors)
     file_suffix: str = ""
+
+    @property
+    def ti_weights(self) -> str:
+        """This encoder's Textual Inversion file, as diffusers' training scripts name it (learned_embeds[_2])."""
+        return self.file_name("learned_embeds")
 
     def file_name(self, stem: str, ext: str = ".safetensors") -> str:
         """This encoder's file of a per-encoder artifact: "<new1>" -> "<new1>.safetensors", "<new1>_2.safetensors"."""

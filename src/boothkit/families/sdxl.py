@@ -23,9 +23,9 @@ class StableDiffusionXL(Family):
     label = "Stable Diffusion XL"
     pipeline_classes = ("StableDiffusionXLPipeline",)
     slots = (
-        TextEncoderSlot(encoder="text_encoder", tokenizer="tokenizer", ti_weights="learned_embeds.safetensors",
+        TextEncoderSlot(encoder="text_encoder", tokenizer="tokenizer",
                         a1111_key="clip_l", kohya_prefix="lora_te1", lora_layers_kwarg="text_encoder_lora_layers"),
-        TextEncoderSlot(encoder="text_encoder_2", tokenizer="tokenizer_2", ti_weights="learned_embeds_2.safetensors",
+        TextEncoderSlot(encoder="text_encoder_2", tokenizer="tokenizer_2",
                         a1111_key="clip_g", kohya_prefix="lora_te2", lora_layers_kwarg="text_encoder_2_lora_layers",
                         file_suffix="_2"),
     )
