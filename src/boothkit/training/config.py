@@ -82,6 +82,10 @@ class TrainConfig(DictConfig):
     #: usual; diffusers' advanced scripts' settings: bias correction, safeguard warm-up, decoupled weight decay)
     optimizer: str = "adamw"
     use_8bit_adam: bool = True  #: adamw: bitsandbytes AdamW8bit when installed and on CUDA; otherwise torch AdamW
+    #: adamw: torch's fused kernel (fused=True) where the parameters' device has one (CPU, CUDA): the same update,
+    #: all tensors in one kernel instead of a loop over them (issue 18: 4.7 -> 0.8 ms a step for LoRA's 176 tensors
+    #: on the world model, 1 CPU thread). False: torch's per-tensor loop; the two round differently in the last bits
+    fused_adamw: bool = True
     checkpoint_every: int = 50  #: write a resumable checkpoint every N steps (0 = never)
     keep_checkpoints: int = 2  #: keep the newest K complete checkpoints
     #: also keep the concept as it was every N steps, in <out>/snapshots/<name>-step-N/ (each one a concept folder
