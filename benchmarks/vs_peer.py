@@ -125,11 +125,21 @@ def run_boothkit(spec: dict) -> dict:
                 steps=spec.get("steps"), config=spec.get("config") or None,
                 on_step=lambda step, loss: stamps.append(_t.time()))
     res = {"t_imported": t_imported, "step_stamps": stamps, "t_saved": _t.time()}
-    meta = json.loads((Path(path) / "concept.json").read_text())
-    res["boothkit_config"] = meta.get("config")
+    cfg = json.loads((Path(path) / "concept.json").read_text()).get("config", {})
+    res["options"] = {**speed_flags(), **{k: cfg[k] for k in ("cache", "fused_adamw", "mixed_precision",
+                                                               "gradient_checkpointing") if k in cfg}}
     if spec.get("first_image"):
         res.update(first_image(spec, path))
     return res
+
+
+def speed_flags() -> dict:
+    """The process's settings that only a GPU can show the effect of (recorded on both sides)."""
+    import torch
+
+    return {"device": "cuda" if torch.cuda.is_available() else "cpu",
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            "sdpa": hasattr(torch.nn.functional, "scaled_dot_product_attention")}
 
 
 def first_image(spec: dict, concept: str) -> dict:
@@ -380,7 +390,10 @@ def run_peer(spec: dict) -> dict:
         pipe.unet.load_attn_procs(str(out), weight_name="pytorch_custom_diffusion_weights.safetensors")
         pipe.load_textual_inversion(str(out), weight_name=f"{spec['token']}.safetensors")
     accelerator.end_training()
-    return {"t_imported": t_imported, "t_loaded": t_loaded, "step_stamps": stamps, "t_saved": t_saved}
+    options = {**speed_flags(), "adamw": "torch default (per-tensor loop on CPU, foreach on CUDA)",
+               "cache_latents": False, "pre_compute_text_embeddings": False, "mixed_precision": "no"}
+    return {"t_imported": t_imported, "t_loaded": t_loaded, "step_stamps": stamps, "t_saved": t_saved,
+            "options": options}
 
 
 class PeerData:
@@ -502,6 +515,8 @@ def summarise_run(res: dict) -> dict:
             out["time_to_first_image"] = round(res[k] - t0, 3)
     if "warm_seconds" in res:
         out["warm_first_image_seconds"] = [round(x, 3) for x in res["warm_seconds"]]
+    if "options" in res:
+        out["options"] = res["options"]
     return out
 
 
@@ -663,7 +678,8 @@ def run_model(model: str, args, work: Path, env: dict, photos: Path, class_noun:
             "boothkit_config": cfg, "peer_settings": {k: peer[k] for k in (
                 "steps", "batch", "lr", "weight_decay", "max_grad_norm", "rank", "prior", "prior_weight", "flip",
                 "token", "init_word", "resolution")},
-            "warmup_boothkit": warm,
+            "warmup_boothkit": warm, "options": {"boothkit": runs["boothkit"][0].get("options"),
+                                                 "peer": runs["peer"][0].get("options")},
             "boothkit": {k: spread([x.get(k) for x in runs["boothkit"]]) for k in SUMMARY_KEYS},
             "peer": {k: spread([x.get(k) for x in runs["peer"]]) for k in SUMMARY_KEYS},
             "ratios": {
