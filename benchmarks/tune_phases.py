@@ -2,12 +2,13 @@
 
     python benchmarks/tune_phases.py [--method lora] [--steps 60] [--repeats 3] [--set key=value ...]
 
-Each repeat runs the real command (`python -m boothkit.cli.main tune ...`, the world model, 1 torch thread, the
-class-image and hash caches warm after an untimed first run) in a fresh process, with timers wrapped around the
-functions that make up a run: module imports, pipeline loading, the base model's hash, class images, the
-recipe's set-up, the training loop (before the first step, the steps, after the last step: the end-of-run
-validation grid), saving the concept and drawing its training plot. Prints one JSON object: per phase, the median
-and range over the repeats (seconds). The timers cost microseconds; the phases are measured, not sampled.
+Each repeat runs the real command (`python -m boothkit.cli.main tune ...`, the world model, 1 torch thread) in a
+fresh process, with timers wrapped around the functions that make up a run: module imports, pipeline loading, the
+base model's hash, class images, the recipe's set-up, the training loop (before the first step, the steps, after
+the last step: the end-of-run validation grid), saving the concept and drawing its training plot. A first run with
+empty caches (model hash, class images) is reported apart as `cold_first_run`; the repeats run with them warm.
+Prints one JSON object: per phase, the median and range over the repeats (seconds). The timers cost microseconds;
+the phases are measured, not sampled. --src measures another checkout's boothkit.
 """
 
 from __future__ import annotations
@@ -171,26 +172,30 @@ def main() -> None:
            "MKL_NUM_THREADS": str(args.threads), "BOOTHKIT_CACHE": str(work / "cache")}
     argv = ["tune", "--method", args.method, "--images", str(photos), "--class", "animal", "--out",
             str(work / "concept"), "--steps", str(args.steps)] + [x for s in args.set for x in ("--set", s)]
-    runs = []
+    runs, cold = [], None
     load = [os.getloadavg()[0]]
-    for r in range(args.repeats + 1):  # the first run warms the caches and is not reported
+    for r in range(args.repeats + 1):  # the first run fills the caches (hashes, class images): reported apart
         subprocess.run(["rm", "-rf", str(work / "concept")], check=True)
         t = time.time()
         subprocess.run([sys.executable, str(HERE), "--child", json.dumps(argv), str(work / "r.json"), repr(t)],
                        env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wall = time.time() - t
+        row = {**phases(json.loads((work / "r.json").read_text())), "command_wall": wall}
         if r:
-            runs.append({**phases(json.loads((work / "r.json").read_text())), "command_wall": wall})
+            runs.append(row)
+        else:
+            cold = row
         load.append(os.getloadavg()[0])
     keys = list(runs[0])
     summary = {k: {"median": round(statistics.median(x[k] for x in runs), 3),
                    "min": round(min(x[k] for x in runs), 3), "max": round(max(x[k] for x in runs), 3)}
                for k in keys if all(x[k] is not None for x in runs)}
+    shown = ["boothkit"] + [a if not a.startswith(str(work)) else a.replace(str(work), "WORK") for a in argv]
+    rounded = lambda x: {k: round(v, 3) if v is not None else None for k, v in x.items()}  # noqa: E731
     print(json.dumps({"benchmark": "tune_phases", "command": "python benchmarks/tune_phases.py " + " ".join(
-        sys.argv[1:]), "tune_argv": ["boothkit"] + argv[:1] + argv[1:3] + ["--steps", str(args.steps)] + argv[9:],
+        sys.argv[1:]), "tune_argv": shown, "boothkit_src": args.src,
         "machine": {"cpu_count": os.cpu_count(), "threads": args.threads, "load_average_1min": load},
-        "phases_seconds": summary, "runs": [{k: round(v, 3) if v is not None else None for k, v in x.items()}
-                                            for x in runs]}, indent=1))
+        "phases_seconds": summary, "cold_first_run": rounded(cold), "runs": [rounded(x) for x in runs]}, indent=1))
     subprocess.run(["rm", "-rf", str(work)], check=False)
 
 
