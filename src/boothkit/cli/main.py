@@ -93,7 +93,15 @@ def _root(ctx: typer.Context,
 
 
 def main():
-    app()
+    try:
+        app()
+    finally:
+        # The process ends here. Freezing the heap spares the interpreter's final garbage collections over the
+        # millions of objects torch, diffusers and transformers made: about 1 s of every command's exit on a CPU
+        # (issue 18). Nothing is collected after this; exit handlers and file flushes run as before.
+        import gc
+
+        gc.freeze()
 
 
 if __name__ == "__main__":

@@ -195,10 +195,11 @@ _NOT_TRAJECTORY = {"steps", "checkpoint_every", "keep_checkpoints", "validate_ev
 #: the folder of a concept (and of its run's work folder) that holds its snapshots (TrainConfig.save_every)
 SNAPSHOTS = "snapshots"
 #: options added after checkpoints existed, with their defaults: left out of the run id while at them, so a
-#: checkpoint written before they existed still resumes (the run it continues had them off)
+#: checkpoint written before they existed still resumes (the run it continues had them off; fused_adamw's
+#: checkpoints from before it continue with the fused kernel: the same update up to float rounding)
 _ADDED_LATER = {k: TrainConfig.__dataclass_fields__[k].default
                 for k in ("lr_scheduler", "lr_num_cycles", "lr_power", "snr_gamma", "noise_offset", "crop",
-                          "optimizer")}
+                          "optimizer", "fused_adamw")}
 _UNSET = object()
 
 

@@ -67,7 +67,16 @@ def make_optimizer(params, cfg, device_type: str):
             return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         except ImportError:
             pass
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **_fused(params, cfg))
+
+
+def _fused(params, cfg) -> dict:
+    """{"fused": True} when cfg.fused_adamw and torch has a fused AdamW kernel for every parameter's device."""
+    if not getattr(cfg, "fused_adamw", False):
+        return {}
+    tensors = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else list(params)
+    ok = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
+    return {"fused": True} if ok and tensors else {}
 
 
 def fingerprint(d: dict) -> str:
