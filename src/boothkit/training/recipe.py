@@ -113,13 +113,15 @@ class Recipe:
         if self.text_trains:
             return self.family.encode_prompts(self.pipe, prompts, encoders)
         todo = list(dict.fromkeys(p for p in prompts if p not in self._text_cache))
-        if todo:
+        if todo and not self.caching:
             with torch.no_grad():
                 cond = self.family.encode_prompts(self.pipe, todo, encoders)
             rows = {p: cond.rows(slice(i, i + 1)) for i, p in enumerate(todo)}
-            if not self.caching:
-                return TextConditioning.cat([rows[p] for p in prompts])
-            self._text_cache.update(rows)
+            return TextConditioning.cat([rows[p] for p in prompts])
+        for p in todo:  # each alone: an encoder's output for a prompt depends on the batch it is in (float rounding),
+            # and a resumed run fills its cache at other steps, in other batches, than the run it continues
+            with torch.no_grad():
+                self._text_cache[p] = self.family.encode_prompts(self.pipe, [p], encoders)
         return TextConditioning.cat([self._text_cache[p] for p in prompts])
 
     @torch.no_grad()
@@ -147,10 +149,10 @@ class Recipe:
             return self.encode_images(x, g)
         keys = [(id(d.source), i, fl) for d in draws for i, fl in zip(d.index, d.flipped)]
         missing = [k for k in dict.fromkeys(keys) if k not in self._latent_cache]
-        if missing:  # each missing key once, from its first draw's pixels
-            mean, std = self._posterior(torch.stack([x[keys.index(k)] for k in missing]))
-            for j, k in enumerate(missing):
-                self._latent_cache[k] = (mean[j:j + 1], std[j:j + 1])
+        for k in missing:  # each missing key once, from its first draw's pixels, alone: the VAE's result for a photo
+            # depends on the batch it is encoded in (float rounding), and a resumed run fills its cache in other
+            # batches than the run it continues, which would make resume inexact
+            self._latent_cache[k] = self._posterior(x[keys.index(k)][None])
         mean = torch.cat([self._latent_cache[k][0] for k in keys])
         std = torch.cat([self._latent_cache[k][1] for k in keys])
         return self._sample_latents(mean, std, g)
