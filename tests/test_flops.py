@@ -102,3 +102,24 @@ def test_training_bytes():
     # TI: one new row trains, but the optimizer holds the whole (49,408 + 1) x 768 embedding matrix
     ti = flops.training_bytes("sd15", "ti")
     assert ti["trainable_parameters"] == 49_409 * 768 and ti["parameters"] == held + 768
+
+
+def test_pretraining_steps_count_what_each_encoder_back_propagates():
+    """InstantBooth's step: no gradient through the text encoders (the concept goes into their output); E4T's: the
+    word is an input embedding, so the text encoders' backward is counted. Neither computes the UNet's weight
+    gradients (its backward is below a full DreamBooth step's at the same batch), and gradient checkpointing adds
+    exactly one UNet forward."""
+    from boothkit.bench.flops import pretrain_step_flops, unet_train_flops
+    from boothkit.pipeline import world_path
+
+    world = world_path()
+    ib = pretrain_step_flops(world, "instantbooth", batch=2)
+    e4t = pretrain_step_flops(world, "e4t", batch=2)
+    assert ib["text_backward"] == 0 < e4t["text_backward"]
+    assert ib["total"] == sum(v for k, v in ib.items() if k != "total")
+    _, full_bwd = unet_train_flops(world, "dreambooth", batch=2)
+    assert 0 < e4t["unet_backward"] < full_bwd and 0 < ib["unet_backward"] < full_bwd
+    ckpt = pretrain_step_flops(world, "e4t", batch=2, gradient_checkpointing=True)
+    assert ckpt["unet_forward"] == 2 * e4t["unet_forward"]
+    with pytest.raises(ValueError, match="unknown method"):
+        pretrain_step_flops(world, "lora", batch=2)

@@ -28,6 +28,7 @@ Public functions (a family is "sd15", "sdxl" or a pipeline folder; resolution in
     parameter_counts(family) -> dict[str, int]
     training_bytes(family, method, *, precision="fp32", rank=4) -> dict[str, int]
     instantbooth_vs_dreambooth(family, *, photos=4, ...) -> dict            # the FLOPs ratio of issue 18
+    pretrain_step_flops(family, method, *, batch, resolution=None, gradient_checkpointing=False) -> dict
 """
 
 from __future__ import annotations
@@ -452,3 +453,74 @@ def instantbooth_vs_dreambooth(family: str | Path, *, photos: int = 4, sample_st
     return {"resolution": resolution or default_resolution(family), "photos": photos, "sample_steps": sample_steps,
             "dreambooth_recipe": recipe, "dreambooth_flops": db, "instantbooth_flops": ib,
             "ratio": round(db["total"] / ib["total"], 1)}
+
+
+# --- encoder pretraining (InstantBooth, E4T) ---------------------------------------------------------------------
+
+PRETRAIN_METHODS = ("instantbooth", "e4t")
+
+
+def pretrain_step_flops(family: str | Path, method: str, *, batch: int, resolution: int | None = None,
+                        gradient_checkpointing: bool = False, rank: int = 4) -> dict[str, int]:
+    """FLOPs of one pretraining step of an encoder on `batch` dataset images, by part, as the pretraining recipes
+    run it (methods/instantbooth/pretrain.py, methods/e4t/pretrain.py): the frozen CLIP vision tower on each
+    image's condition, the frozen VAE encoder on its pixels (a dataset's random crops are not cached), then
+
+    instantbooth: the text encoders forward (frozen, no gradient: the concept is injected into their output); the
+    concept and patch heads forward and backward; the UNet forward with the gated adapters in every transformer
+    block attending to the image's patch tokens, and backward (gradients to the adapters, the patch tokens and
+    the context; no UNet weight gradient);
+    e4t: the domain encoder's head forward and backward (a few small matrices: counted as part of `heads`); the
+    text encoders forward and backward to the injected word; the UNet with rank-`rank` weight offsets forward and
+    backward (LoRA-shaped, as mark_trainable("lora")).
+
+    gradient_checkpointing: the UNet's forward runs twice (once more in the backward pass), as diffusers'
+    checkpointing recomputes each block's activations.
+    """
+    if method not in PRETRAIN_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {PRETRAIN_METHODS}")
+    res = resolution or default_resolution(family)
+    out = {"vision_tower": vision_tower_flops(family, images=batch),
+           "vae_encode": vae_flops(family, "encode", images=batch, resolution=res)}
+    unet = meta_unet(family)
+    if method == "instantbooth":
+        out["text_forward"] = text_encoder_flops(family, prompts=batch)
+        out["text_backward"] = 0
+        model = _instantbooth_model(family, unet)
+        vision = config(family, "image_encoder")
+        embeds = torch.empty(batch, 1, int(vision["projection_dim"]), device="meta")
+        tokens = torch.empty(batch, 1, _vision_tokens(family), int(vision["hidden_size"]), device="meta")
+        enc = []
+        heads_fwd = count_flops(lambda: enc.append(model.encode(embeds, tokens)))
+        concept, patches = enc[0]
+        heads_bwd = count_flops(lambda: (concept.float().sum() + patches.float().sum()).backward())
+        out["heads"] = heads_fwd + heads_bwd
+        unet.requires_grad_(False)
+        from ..methods.instantbooth.modules import attach
+
+        handle = attach(unet, model)
+        handle.set_patches(torch.empty(batch, _vision_tokens(family), unet.config.cross_attention_dim,
+                                       device="meta", requires_grad=True))
+        context_grad = True
+    else:
+        fwd_text = text_encoder_flops(family, prompts=batch)
+        out["text_forward"] = fwd_text
+        out["text_backward"] = text_encoder_flops(family, prompts=batch, backward=True) - fwd_text
+        # the head: LayerNorm + two linears from the CLIP features to the words' widths (methods/e4t/modules.py)
+        from ..methods.e4t.config import EncoderConfig
+
+        vision = config(family, "image_encoder")
+        feats = int(vision["projection_dim"]) + int(vision["hidden_size"])
+        words = sum(int(config(family, p)["hidden_size"]) for p in text_encoder_parts(family))
+        hidden = EncoderConfig().hidden
+        out["heads"] = 3 * 2 * batch * (feats * hidden + hidden * words)  # forward, input and weight gradients
+        mark_trainable(unet, "lora", rank)
+        context_grad = True
+    args, kwargs = _unet_inputs(unet, batch, latent_side(family, res), context_grad=context_grad)
+    res_out = []
+    fwd = count_flops(lambda: res_out.append(unet(*args, **kwargs).sample))
+    bwd = count_flops(lambda: res_out[0].float().pow(2).mean().backward())
+    out["unet_forward"] = fwd * (2 if gradient_checkpointing else 1)
+    out["unet_backward"] = bwd
+    out["total"] = sum(out.values())
+    return out
