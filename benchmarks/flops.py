@@ -76,6 +76,10 @@ def main() -> None:
                 "step_flops": plain.as_dict(), "step_flops_cached": cached.as_dict(),
                 "cache_saves_percent": round(100 * (1 - cached.total / plain.total), 1),
                 "bytes": {p: F.training_bytes(source, method, precision=p, rank=rank) for p in F.PRECISIONS}}
+            if method in ("ti", "custom"):  # diffusers' scripts optimise the whole token-embedding matrix
+                row["methods"][method]["bytes_whole_matrix_as_diffusers"] = {
+                    p: F.training_bytes(source, method, precision=p, rank=rank, whole_matrix=True)
+                    for p in F.PRECISIONS}
             print(f"{fam} {method}: {plain.total / 1e12:.3f} TFLOP/step, cached {cached.total / 1e12:.3f}",
                   flush=True, file=__import__("sys").stderr)
         row["instantbooth_vs_dreambooth"] = {

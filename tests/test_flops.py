@@ -99,9 +99,13 @@ def test_training_bytes():
     bf16 = flops.training_bytes("sd15", "lora", precision="bf16")
     lora = bf16["trainable_parameters"]
     assert 0 < lora < n / 100 and bf16["weights_bytes"] == 2 * held + 4 * lora
-    # TI: one new row trains, but the optimizer holds the whole (49,408 + 1) x 768 embedding matrix
+    # TI: boothkit's optimizer holds the new row only; diffusers' script the whole (49,408 + 1) x 768 matrix
     ti = flops.training_bytes("sd15", "ti")
-    assert ti["trainable_parameters"] == 49_409 * 768 and ti["parameters"] == held + 768
+    assert ti["trainable_parameters"] == 768 and ti["parameters"] == held + 768
+    assert ti["weights_bytes"] == 4 * (held + 768) and ti["optimizer_bytes"] == 8 * 768
+    whole = flops.training_bytes("sd15", "ti", whole_matrix=True)
+    assert whole["trainable_parameters"] == 49_409 * 768 and whole["parameters"] == held + 768
+    assert whole["weights_bytes"] == ti["weights_bytes"]
 
 
 def test_pretraining_steps_count_what_each_encoder_back_propagates():

@@ -64,3 +64,7 @@ def test_only_the_placeholder_rows_change(tmp_path, tiny_model, subject_photos):
     for n, p in pipe.text_encoder.named_parameters():
         if n in other_params:
             assert torch.equal(p, other_params[n]), n
+    # the optimizer holds the two new rows only, not the matrix (gradient and AdamW moments the rows' size), and
+    # the matrix holds what the rows were trained to (what the artifact writers read)
+    assert [tuple(p.shape) for p in recipe.trainable_parameters()] == [(2, before.shape[1])]
+    assert torch.equal(after[new], recipe.slot_rows[0].rows())

@@ -45,6 +45,23 @@ def test_resume_after_a_kill_gives_the_same_weights(tmp_path, tiny_model, subjec
     assert not (tmp_path / ".resumed.train").exists()  # cleaned after success
 
 
+@pytest.mark.parametrize("method,weights", [("ti", "learned_embeds.safetensors"),
+                                            ("custom", "pytorch_custom_diffusion_weights.safetensors")])
+def test_resume_of_a_trained_token_gives_the_same_weights(tmp_path, tiny_model, subject_photos, method, weights):
+    """Textual Inversion and Custom Diffusion train their token's rows as their own parameter: the rows and their
+    optimizer state resume exactly too."""
+    cfg = {**CFG, "prior_preservation": False} if method == "custom" else CFG
+    full = tune(method, subject_photos, "animal", tmp_path / "full", model=tiny_model, steps=5, config=cfg)
+    out = tmp_path / "resumed"
+    with pytest.raises(Kill):
+        tune(method, subject_photos, "animal", out, model=tiny_model, steps=5, config=cfg, on_step=_killer(3))
+    tune(method, subject_photos, "animal", out, model=tiny_model, steps=5, config=cfg, resume=True)
+    assert json.loads((out / "concept.json").read_text())["training"]["first_step"] == 2
+    for name in {weights, *(p.name for p in full.glob("*.safetensors"))}:
+        a, b = load_file(str(full / name)), load_file(str(out / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
 #: the diffusers-script options together: a decaying schedule (with diffusers' lr 0 first step), Min-SNR, offset noise
 OPTIONS = {**CFG, "lr_scheduler": "cosine", "lr_warmup": 1, "snr_gamma": 5.0, "noise_offset": 0.1}
 

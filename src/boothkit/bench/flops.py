@@ -362,19 +362,22 @@ def _numel(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def trainable_parameters(family: str | Path, method: str, *, rank: int = 4, new_tokens: int = 1) -> int:
-    """Parameters the optimizer holds: the UNet's share (mark_trainable) plus, for TI and Custom Diffusion, each
-    text encoder's whole token-embedding matrix (with `new_tokens` added rows). Only the new rows change, but the
-    matrix is one parameter: its gradient and AdamW moments are full-size, in boothkit's recipes
-    (methods/ti/model.py EmbeddingRows) as in diffusers' textual_inversion.py and train_custom_diffusion.py."""
+def trainable_parameters(family: str | Path, method: str, *, rank: int = 4, new_tokens: int = 1,
+                         whole_matrix: bool = False) -> int:
+    """Parameters the optimizer holds: the UNet's share (mark_trainable) plus, for TI and Custom Diffusion, the new
+    token's row in each text encoder (boothkit's EmbeddingRows, methods/ti/model.py). whole_matrix: each text
+    encoder's whole token-embedding matrix instead (with `new_tokens` added rows), as diffusers' textual_inversion.py
+    and train_custom_diffusion.py optimise it (only the new rows change, but the matrix is one parameter: its
+    gradient and AdamW moments are full-size)."""
     n = sum(p.numel() for p in mark_trainable(meta_unet(family), method, rank))
     if _text_trains(method):
-        n += sum((int(config(family, p)["vocab_size"]) + new_tokens) * int(config(family, p)["hidden_size"])
-                 for p in text_encoder_parts(family))
+        n += sum((int(config(family, p)["vocab_size"]) + new_tokens if whole_matrix else new_tokens)
+                 * int(config(family, p)["hidden_size"]) for p in text_encoder_parts(family))
     return n
 
 
-def training_bytes(family: str | Path, method: str, *, precision: str = "fp32", rank: int = 4) -> dict[str, int]:
+def training_bytes(family: str | Path, method: str, *, precision: str = "fp32", rank: int = 4,
+                   whole_matrix: bool = False) -> dict[str, int]:
     """Memory for weights, gradients and optimizer state of a fine-tuning run (activations not included).
 
     fp32: every weight, gradient and AdamW moment in 4 bytes. bf16: as diffusers' scripts and boothkit's loop
@@ -386,7 +389,7 @@ def training_bytes(family: str | Path, method: str, *, precision: str = "fp32", 
         raise ValueError(f"precision must be one of {PRECISIONS} (got {precision!r})")
     counts = parameter_counts(family)
     held = sum(v for k, v in counts.items() if k != "image_encoder")
-    trained = trainable_parameters(family, method, rank=rank)
+    trained = trainable_parameters(family, method, rank=rank, whole_matrix=whole_matrix)
     new = trained if method == "lora" else 0  # LoRA's A and B are new weights
     if _text_trains(method):  # the new token's row in each text encoder's embedding
         new += sum(int(config(family, p)["hidden_size"]) for p in text_encoder_parts(family))

@@ -84,7 +84,7 @@ class Recipe:
         raise NotImplementedError
 
     def after_step(self) -> None:
-        """Called after each optimizer step (Textual Inversion restores the frozen embedding rows here)."""
+        """Called after each optimizer step (Textual Inversion writes its trained rows into the embedding matrix here)."""
 
     def save_artifact(self, folder) -> dict:
         """Write the inference artifact into folder; return what concept.json should record (tokens...)."""

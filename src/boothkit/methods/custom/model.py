@@ -85,11 +85,11 @@ class CustomRecipe(Recipe):
         self.train_modules = ("unet",) + tuple(slot.encoder for slot in slots)
 
     def trainable_parameters(self):
-        return [p for proc in self.processors.values() for p in proc.parameters()] + [r.emb for r in self.slot_rows]
+        return [p for proc in self.processors.values() for p in proc.parameters()] + [r.param for r in self.slot_rows]
 
     def after_step(self) -> None:
         for r in self.slot_rows:
-            r.restore()
+            r.sync()
 
     def state_tensors(self):
         rows = {rows_key(i, slot): r.rows() for i, (slot, r) in enumerate(zip(self.family.slots, self.slot_rows))}
