@@ -168,7 +168,7 @@ def run_instant(spec: dict) -> dict:
 
     from boothkit.generate import GenerateConfig
     from boothkit.methods.instantbooth import generate_instant
-    from boothkit.methods.instantbooth.concept import shipped_encoder
+    from boothkit.encoders import shipped_instantbooth
     from boothkit.pipeline import load_pipeline
 
     t_imported = _t.time()
@@ -176,12 +176,13 @@ def run_instant(spec: dict) -> dict:
     t_loaded = _t.time()
     prompt = f"a photo of sks {spec['class_noun']}"
     with torch.no_grad():
-        generate_instant(pipe, shipped_encoder(), spec["photos"], prompt, GenerateConfig(n=1, seed=0))
+        encoder = shipped_instantbooth(spec["model"]).path  # what a bare `generate --instant` looks up
+        generate_instant(pipe, encoder, spec["photos"], prompt, GenerateConfig(n=1, seed=0))
         t_first = _t.time()
         warm = []
         for _ in range(3):
             t = _t.time()
-            generate_instant(pipe, shipped_encoder(), spec["photos"], prompt, GenerateConfig(n=1, seed=0))
+            generate_instant(pipe, encoder, spec["photos"], prompt, GenerateConfig(n=1, seed=0))
             warm.append(_t.time() - t)
     return {"t_imported": t_imported, "t_loaded": t_loaded, "t_first_image": t_first, "warm_seconds": warm}
 

@@ -48,8 +48,8 @@ def concept(server, photos):
     return "bruno"
 
 
-def gen(server, **body):
-    return http("POST", server.url + "/api/generate", json_body={"steps": 2, **body})
+def gen(server, timeout: float = 120, **body):
+    return http("POST", server.url + "/api/generate", json_body={"steps": 2, **body}, timeout=timeout)
 
 
 # -- happy paths -------------------------------------------------------------------------------------------------
@@ -342,7 +342,9 @@ def test_twenty_concurrent_generate_requests(server, photos):
 
     def one(i):
         start.wait()
-        return gen(server, prompt=f"a rat number {i}", seed=1000 + i)
+        # generations run one at a time: the last waits for 19 others and a training job (a hang guard, sized for a
+        # loaded 2-core machine)
+        return gen(server, timeout=900, prompt=f"a rat number {i}", seed=1000 + i)
 
     with ThreadPoolExecutor(20) as ex:
         replies = list(ex.map(one, range(20)))
