@@ -195,3 +195,36 @@ class Recipe:
         if prior:
             loss = loss + self.prior_weight * per_example[b:].mean()
         return loss
+
+
+class DatasetRecipe(Recipe):
+    """A recipe fed by a dataset (the encoder pretrainings): the loop hands each micro-step's batch to
+    `loss(g, batch)`; `evaluate()` is the mean denoising loss on the held-out batch (`self.validation`, from
+    boothkit.data.validation_batch) with fixed noise, comparable across steps and runs. A subclass gives
+    `heldout_losses(batch, g) -> [B]` and `heldout_seed(i)` (the noise seed of the held-out rows from i), and holds
+    its trainable parts in `self.trainer`."""
+
+    validation: dict | None = None
+
+    def heldout_losses(self, batch: dict, g: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def heldout_seed(self, i: int) -> int:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        from ..data import batch_rows
+
+        if not self.validation:
+            return {}
+        was = self.trainer.training
+        self.trainer.eval()
+        b, n = self.cfg.batch_size, len(self.validation["captions"])
+        try:
+            losses = [self.heldout_losses(batch_rows(self.validation, slice(i, i + b)),
+                                          torch.Generator("cpu").manual_seed(self.heldout_seed(i)))
+                      for i in range(0, n, b)]
+        finally:
+            self.trainer.train(was)
+        return {"heldout_loss": float(torch.cat(losses).mean())}

@@ -33,7 +33,7 @@ import torch.nn as nn
 from ...data import count_skipped
 from ...inputs import InputError
 from ...training.loss import denoising_loss
-from ...training.recipe import Recipe
+from ...training.recipe import DatasetRecipe
 from .. import vision
 from . import artifact
 from .config import EncoderConfig, PretrainConfig
@@ -79,7 +79,7 @@ class Trainer(nn.Module):
         self.recipe.unet.enable_gradient_checkpointing()
 
 
-class E4TPretrain(Recipe):
+class E4TPretrain(DatasetRecipe):
     """E4T's domain-pretraining recipe: encoder head + weight offsets trainable, everything else frozen."""
 
     train_modules = ("trainer",)
@@ -169,22 +169,14 @@ class E4TPretrain(Recipe):
         return self.module("trainer")(batch, g)
 
     # --- what the loop logs ----------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self) -> dict:
-        """Mean denoising loss on the held-out batch with fixed noise: comparable across steps and runs."""
-        from ...data import batch_rows
-
-        if not self.validation:
-            return {}
-        was = self.trainer.training
-        self.trainer.eval()
-        b, n = self.cfg.batch_size, len(self.validation["captions"])
-        losses = [self.batch_loss(self.encoder, batch_rows(self.validation, slice(i, i + b)),
-                                  torch.Generator("cpu").manual_seed(_seed(self.cfg.seed, f"val-{i}")))[1]
-                  for i in range(0, n, b)]
-        self.trainer.train(was)
+    def heldout_losses(self, batch: dict, g: torch.Generator) -> torch.Tensor:
+        """[B] denoising loss of held-out rows (evaluate(): DatasetRecipe), the words cleared after."""
+        per_example = self.batch_loss(self.encoder, batch, g)[1]
         self.set_words(None)
-        return {"heldout_loss": float(torch.cat(losses).mean())}
+        return per_example
+
+    def heldout_seed(self, i: int) -> int:
+        return _seed(self.cfg.seed, f"val-{i}")
 
     def step_log(self) -> dict:
         return {**self.stats, "skipped_records": sum(self.skipped.values())}

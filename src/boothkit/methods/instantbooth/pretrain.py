@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from ...data import count_skipped
 from ...families import TextConditioning
 from ...training.loss import denoising_loss
-from ...training.recipe import Recipe
+from ...training.recipe import DatasetRecipe
 from .. import vision
 from . import artifact
 from .config import InstantBoothConfig, PretrainConfig
@@ -109,7 +109,7 @@ class Trainer(nn.Module):
         self.recipe.unet.enable_gradient_checkpointing()
 
 
-class InstantBoothPretrain(Recipe):
+class InstantBoothPretrain(DatasetRecipe):
     """InstantBooth's pretraining recipe: heads + adapters trainable, everything else frozen (see the module)."""
 
     train_modules = ("trainer",)
@@ -192,21 +192,12 @@ class InstantBoothPretrain(Recipe):
         return self.module("trainer")(batch, g).mean()
 
     # --- what the loop logs ----------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self) -> dict:
-        """Mean denoising loss on the held-out batch with fixed noise: comparable across steps and runs."""
-        from ...data import batch_rows
+    def heldout_losses(self, batch: dict, g: torch.Generator) -> torch.Tensor:
+        """[B] denoising loss of held-out rows (evaluate(): DatasetRecipe)."""
+        return self.per_example_loss(self.ib, batch, g)
 
-        if not self.validation:
-            return {}
-        was = self.trainer.training
-        self.trainer.eval()
-        b, n = self.cfg.batch_size, len(self.validation["captions"])
-        losses = [self.per_example_loss(self.ib, batch_rows(self.validation, slice(i, i + b)),
-                                        torch.Generator("cpu").manual_seed(_seed(self.cfg.seed, f"val-{i}")))
-                  for i in range(0, n, b)]
-        self.trainer.train(was)
-        return {"heldout_loss": float(torch.cat(losses).mean())}
+    def heldout_seed(self, i: int) -> int:
+        return _seed(self.cfg.seed, f"val-{i}")
 
     def step_log(self) -> dict:
         gammas = torch.stack([a.gamma.detach() for a in self.ib.adapters.values()])
