@@ -47,3 +47,38 @@ def warn_subject(images, class_noun: str | None, model: str, photos: list | None
             return  # the command's own loading raises it
     for message in subject_warnings(photos or [], class_noun, model):
         warn(message)
+
+
+def parse_set(items: list[str] | None) -> dict:
+    """--set key=value (value parsed as JSON when it can be: numbers, true/false, strings otherwise)."""
+    import json
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def read_settings(config: str | None, set_: list[str] | None) -> dict:
+    """--config (a JSON file holding an object), then --set key=value on top; InputError naming the file."""
+    import json
+    from pathlib import Path
+
+    from ..inputs import InputError
+
+    settings = {}
+    if config:
+        try:
+            settings = json.loads(Path(config).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(f"--config {config}: cannot read a JSON object ({e})") from e
+        if not isinstance(settings, dict):
+            raise InputError(f"--config {config}: must hold a JSON object")
+    settings.update(parse_set(set_))
+    return settings

@@ -52,20 +52,9 @@ DATA_HELP = ("Training data: 'world' (the shipped emoji world, the default), a f
 
 def _settings(config: str | None, set_: list[str] | None, flags: dict) -> dict:
     """--config (a JSON file), then --set key=value, then the explicit options (which win)."""
-    from pathlib import Path
+    from .common import read_settings
 
-    from ..inputs import InputError
-    from .tune import _parse_set
-
-    settings = {}
-    if config:
-        try:
-            settings = json.loads(Path(config).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputError(f"--config {config}: cannot read a JSON object ({e})") from e
-        if not isinstance(settings, dict):
-            raise InputError(f"--config {config}: must hold a JSON object")
-    settings.update(_parse_set(set_))
+    settings = read_settings(config, set_)
     settings.update({k: v for k, v in flags.items() if v is not None})
     return settings
 

@@ -7,25 +7,11 @@ from pathlib import Path
 
 import typer
 
-from .common import IMAGES_HELP, MODEL, images_arg, warn_subject
+from .common import IMAGES_HELP, MODEL, images_arg, read_settings, warn_subject
 
 
 def register(app: typer.Typer) -> None:
     app.command("tune")(tune)
-
-
-def _parse_set(items: list[str]) -> dict:
-    """--set key=value (value parsed as JSON when it can be: numbers, true/false, strings otherwise)."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"--set {item!r}: expected key=value")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = v
-    return out
 
 
 def tune(
@@ -67,15 +53,7 @@ def tune(
         typer.secho(f"error: missing {', '.join(missing)} (needed unless --show-config)", fg="red", err=True)
         raise typer.Exit(2)
     try:
-        cfg = {}
-        if config:
-            try:
-                cfg = json.loads(Path(config).read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                raise InputError(f"--config {config}: cannot read a JSON object ({e})") from e
-            if not isinstance(cfg, dict):
-                raise InputError(f"--config {config}: must hold a JSON object")
-        cfg.update(_parse_set(set_))
+        cfg = read_settings(config, set_)
         subjects = []
         for c in concept or []:
             if "=" not in c:
