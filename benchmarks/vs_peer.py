@@ -13,7 +13,8 @@ peer then reads from its class-image folder, as the scripts do when the folder a
 Both sides stamp the wall clock at the end of each optimizer step (boothkit through `tune(on_step=...)`, the peer
 after its progress bar and log call, where the scripts end an iteration): step time = the median of the
 differences (the first step, with its one-time costs, is left out), time to artifact = from the spawn of the
-process to the artifact on disk, peak RSS = the child's high-water mark from the kernel (wait4's ru_maxrss).
+process to the artifact on disk, peak RSS = the child's high-water mark from the kernel (wait4's ru_maxrss; the
+child is forked, not vforked, so the parent's own high-water mark does not leak into it).
 Ratios are per pair (peer / boothkit for times: > 1 means boothkit is faster; boothkit / peer for memory) and
 summarised by their median, min and max. The machine's load average, its CPU use while each child ran and each
 child's CPU share (its CPU seconds / wall seconds; < 1 when it waited for a core) are recorded: the numbers are
@@ -714,20 +715,28 @@ def spawn(side: str, spec: dict, env: dict, log: Path) -> dict:
     Path(spec["result"]).unlink(missing_ok=True)
     load_before = os.getloadavg()[0]
     psutil.cpu_percent(interval=None)
+    parent_rss = psutil.Process().memory_info().rss
     t_spawn = time.time()
     with open(log, "a") as err:
+        # preexec_fn makes Popen fork instead of vfork: after vfork + exec the kernel carries the PARENT's high-water
+        # mark into the child's ru_maxrss (the parent built a 2 GB model pipeline: every child read >= that); after
+        # fork it carries at most the parent's current RSS, recorded as parent_rss_mb
         proc = subprocess.Popen([sys.executable, str(HERE), "--child", side, "--spec", json.dumps(spec)], env=env,
-                                stdout=err, stderr=err)
+                                stdout=err, stderr=err, preexec_fn=_fork_not_vfork)
         _, status, usage = os.wait4(proc.pid, 0)
     t_exit = time.time()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{side} {spec['method']} failed (exit {proc.returncode}); see {log}")
     res = json.loads(Path(spec["result"]).read_text())
-    res.update(t_spawn=t_spawn, t_exit=t_exit, peak_rss_mb=usage.ru_maxrss / 1024,
+    res.update(t_spawn=t_spawn, t_exit=t_exit, peak_rss_mb=usage.ru_maxrss / 1024, parent_rss_mb=parent_rss / 2**20,
                cpu_seconds=usage.ru_utime + usage.ru_stime, load_before=load_before,
                machine_cpu_percent=psutil.cpu_percent(interval=None))
     return res
+
+
+def _fork_not_vfork() -> None:
+    """A no-op in the child; its presence stops subprocess from using vfork (see spawn)."""
 
 
 def summarise_run(res: dict) -> dict:
@@ -738,6 +747,7 @@ def summarise_run(res: dict) -> dict:
     out = {"time_to_artifact": round(res["t_saved"] - t0, 3) if "t_saved" in res else None,
            "process_wall": round(wall, 3), "interpreter_start": round(res["t_main"] - t0, 3),
            "imports": round(res["t_imported"] - res["t_main"], 3), "peak_rss_mb": round(res["peak_rss_mb"], 1),
+           "parent_rss_mb": round(res["parent_rss_mb"], 1),
            "cpu_share": round(res["cpu_seconds"] / wall, 3), "machine_cpu_percent": res["machine_cpu_percent"],
            "load_before": round(res["load_before"], 2)}
     if stamps:
@@ -1129,6 +1139,9 @@ def main() -> None:
             report["models"][model] = run_sdxl(args, work, env, photos, class_noun, log)
         else:
             report["models"][model] = run_model(model, args, work, env, photos, class_noun, log)
+    import resource
+
+    report["parent_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     report["load_average_after"] = os.getloadavg()
     report["busiest_processes_after"] = busiest_processes()
     report["seconds"] = round(time.time() - t0, 1)
