@@ -978,7 +978,7 @@ def run_model(model: str, args, work: Path, env: dict, photos: Path, class_noun:
     return report
 
 
-def run_sdxl(args, work: Path, env: dict, photos: Path, class_noun: str, log: Path) -> dict:
+def run_sdxl(args, work: Path, env: dict, photos: Path, class_noun: str, log: Path, save=lambda part: None) -> dict:
     """The reduced SDXL-shaped model: boothkit's LoRA and DreamBooth in SDXL_VARIANTS, diffusers' SDXL LoRA script
     (run_peer_sdxl) in SDXL_PEER_VARIANTS; every variant of a method once per repeat, the order reversed in odd
     repeats; ratios for SDXL_PAIRS, per repeat. DreamBooth has no diffusers SDXL script: boothkit alone."""
@@ -1043,6 +1043,7 @@ def run_sdxl(args, work: Path, env: dict, photos: Path, class_noun: str, log: Pa
         else:
             entry["peer"] = "none: diffusers has no full-UNet DreamBooth script for SDXL (boothkit alone)"
         report["methods"][method] = entry
+        save(report)  # a partial report on disk after each method: a killed run keeps what it measured
     return report
 
 
@@ -1136,7 +1137,13 @@ def main() -> None:
     report["subject"] = make_photos(photos)
     for model in args.models.split(","):
         if model == "sdxl":
-            report["models"][model] = run_sdxl(args, work, env, photos, class_noun, log)
+            def save(part: dict, model=model) -> None:
+                if args.out:
+                    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                    Path(args.out).write_text(json.dumps({**report, "models": {**report["models"], model: part},
+                                                          "partial": True}, indent=1) + "\n")
+
+            report["models"][model] = run_sdxl(args, work, env, photos, class_noun, log, save)
         else:
             report["models"][model] = run_model(model, args, work, env, photos, class_noun, log)
     import resource
