@@ -1,7 +1,8 @@
 """boothkit against faithful peer loops of diffusers' training examples: step time, time to artifact, peak memory.
 
-    python benchmarks/vs_peer.py [--quick] [--models world,sd15] [--methods lora,dreambooth,ti,custom,e4t,instantbooth]
-                                 [--steps 60] [--repeats 3] [--set key=value ...] [--src DIR] [--out FILE]
+    python benchmarks/vs_peer.py [--quick] [--models world,sd15,sdxl] [--methods lora,dreambooth,ti,custom,e4t,instantbooth]
+                                 [--steps 60] [--sdxl-steps 8] [--repeats 3] [--set key=value ...] [--src DIR]
+                                 [--out FILE]
 
 Prints one JSON object (also written to --out). For each model and method, boothkit's `tune` (its public API,
 `boothkit.methods.tune`, in a fresh subprocess, as a user's command runs it: imports, model load, training,
@@ -12,7 +13,8 @@ peer then reads from its class-image folder, as the scripts do when the folder a
 Both sides stamp the wall clock at the end of each optimizer step (boothkit through `tune(on_step=...)`, the peer
 after its progress bar and log call, where the scripts end an iteration): step time = the median of the
 differences (the first step, with its one-time costs, is left out), time to artifact = from the spawn of the
-process to the artifact on disk, peak RSS = the child's high-water mark from the kernel (wait4's ru_maxrss).
+process to the artifact on disk, peak RSS = the child's high-water mark from the kernel (wait4's ru_maxrss; the
+child is forked, not vforked, so the parent's own high-water mark does not leak into it).
 Ratios are per pair (peer / boothkit for times: > 1 means boothkit is faster; boothkit / peer for memory) and
 summarised by their median, min and max. The machine's load average, its CPU use while each child ran and each
 child's CPU share (its CPU seconds / wall seconds; < 1 when it waited for a core) are recorded: the numbers are
@@ -68,6 +70,49 @@ Models: `world` (the shipped world model, 64 px) and `sd15` (the SD-1.5 UNet, VA
 assets/reference_configs/sd15 with random weights, saved once as a pipeline folder in the work folder, trained at
 a reduced resolution: 128 px, a 16 x 16 latent; full DreamBooth is left out there: weights, gradients and AdamW
 state of an 860 M-parameter UNet need ~14 GB, more than this shared machine can give one process).
+
+Model `sdxl` (make_sdxl): a StableDiffusionXLPipeline folder with random weights, SDXL base's configs
+(assets/reference_configs/sdxl) reduced so that LoRA and full DreamBooth run in minutes on one CPU thread. Kept as
+published: the UNet's layout (3 blocks, DownBlock2D first, 2 resnets per block, UNetMidBlock2DCrossAttn, linear
+projections, 64-wide attention heads), addition_embed_type "text_time" with addition_time_embed_dim 256 and
+projection_class_embeddings_input_dim 2816 (6 x 256 + 1280), cross_attention_dim 2048, both text encoders' widths
+(CLIPTextModel 768, CLIPTextModelWithProjection 1280 with its 1280 projection: the pooled embedding), vocabulary and
+77 positions, and the whole VAE (force_upcast). Reduced (SDXL_UNET, SDXL_TEXT_LAYERS): the UNet's widths halved,
+block_out_channels 320/640/1280 -> 160/320/640 (heads 5/10/20 -> 5/5/10), transformer layers per block 1/2/10 ->
+1/1/2; text encoder depth 12 -> 2 and 32 -> 2 layers. Parameter counts (the run records them in params.json and its
+report): UNet 232 M (SDXL base: 2.57 G), text encoders 52 M + 104 M (123 M + 695 M), VAE 84 M (the same). Trained
+at 128 px (a 16 x 16 latent); the micro-conditioning is computed as for any size (original size, crop top-left,
+target size). Steps default to 8 and repeats to 2 (SDXL); every variant of a method runs once per repeat, the
+order reversed in odd repeats.
+- boothkit: `lora` and `dreambooth` (full UNet, prior preservation with 4 class images it makes in the warm-up) each
+  "plain" (cache=false, gradient_checkpointing=false), "default" (cache=true: VAE latents and the frozen text
+  conditioning cached) and "memory" (cache=true, gradient_checkpointing=true). Its third memory option, 8-bit
+  AdamW, needs bitsandbytes on CUDA (not on CPU, not installed): the loop falls back to torch AdamW, recorded as
+  options.adam8bit_used = false.
+- peer, `examples/dreambooth/train_dreambooth_lora_sdxl.py` (run_peer_sdxl), with its defaults and, as a second
+  variant, its `--gradient_checkpointing`: both tokenizers (slow) and text encoders (CLIPTextModel,
+  CLIPTextModelWithProjection), AutoencoderKL, UNet loaded, all frozen; DDPMScheduler from the scheduler folder (the
+  scheduler is not EDM); VAE in fp32, the rest in the weight dtype (fp32: mixed precision "no"); peft LoRA
+  (r = alpha = rank, dropout 0, gaussian init) on to_k/to_q/to_v/to_out.0; torch AdamW (0.9/0.999, 1e-8, boothkit's
+  lr and weight decay); accelerate prepares unet, optimizer, data loader and a constant lr scheduler. Its data set
+  opens and preprocesses each photo ONCE when built (EXIF transpose, RGB, original size kept, short side resized
+  (Lanczos), `--random_flip` (boothkit flips) before a random crop whose top-left is kept, normalised); the text
+  encoders are frozen and the prompt fixed, so the prompt's embeddings (both encoders' penultimate hidden states
+  concatenated, [1, 77, 2048]) and text_encoder_2's pooled embedding [1, 1280] are computed once before training.
+  Per step: VAE encode + posterior sample x scaling factor (this script has no --cache_latents option at v0.40.0;
+  the VAE runs every step), randn noise, random timesteps, add_noise, add_time_ids = (original h, w, crop top, left,
+  128, 128) per example, the embeddings repeated to the batch, UNet with added_cond_kwargs {time_ids, text_embeds},
+  MSE on epsilon, backward, clip_grad_norm_ over the LoRA parameters, optimizer.step, lr_scheduler.step,
+  zero_grad, progress bar, loss.item() and accelerator.log. After the last step: the LoRA state dict (fp32, peft ->
+  diffusers names) saved with StableDiffusionXLPipeline.save_lora_weights (the artifact), then the script's
+  final-inference block reloads the VAE and the pipeline and loads the LoRA (no images without a validation prompt).
+  Ratios: boothkit plain vs the peer's defaults, boothkit default vs the peer's defaults, boothkit memory vs the
+  peer with --gradient_checkpointing (the script has no latent cache to match boothkit's).
+- DreamBooth: diffusers has no full-UNet DreamBooth script for SDXL at v0.40.0 (train_dreambooth.py passes no
+  added_cond_kwargs, so it cannot drive an SDXL UNet; text_to_image/train_text_to_image_sdxl.py fine-tunes the whole
+  UNet on a captioned data set, without instance/class prompts or prior preservation): boothkit's numbers alone,
+  no ratio. (`--cache_latents` exists only in advanced_diffusion_training/train_dreambooth_lora_sdxl_advanced.py,
+  off by default there too; not measured.)
 """
 
 from __future__ import annotations
@@ -92,6 +137,24 @@ ENCODERS = ("e4t", "instantbooth")
 PHOTOS = 4
 #: the SD-1.5-shaped model: resolution, steps, repeats, and what its class images cost to make
 SD15 = {"resolution": 128, "steps": 8, "quick_steps": 6, "class_images": 4, "class_sample_steps": 2}
+#: the reduced SDXL-shaped model (make_sdxl): resolution, steps, repeats, class images (DreamBooth's prior)
+SDXL = {"resolution": 128, "steps": 8, "quick_steps": 6, "repeats": 2, "class_images": 4, "class_sample_steps": 2}
+#: what make_sdxl changes in SDXL base's configs (assets/reference_configs/sdxl): widths halved, fewer transformer
+#: layers in the deep blocks, text encoders 2 layers deep; everything else (3 blocks, 2 resnets per block, 64-wide
+#: attention heads, text_time conditioning, cross-attention 2048, pooled 1280, VAE) as published
+SDXL_UNET = {"block_out_channels": [160, 320, 640], "transformer_layers_per_block": [1, 1, 2],
+             "attention_head_dim": [5, 5, 10]}
+SDXL_TEXT_LAYERS = {"text_encoder": 2, "text_encoder_2": 2}
+#: boothkit's variants on the SDXL-shaped model: "plain" (nothing cached, no checkpointing), its default (VAE latents
+#: and frozen text cached), "memory" (cache + gradient checkpointing; its third memory option, bitsandbytes' 8-bit
+#: AdamW, has no CPU kernels: the loop falls back to torch AdamW and the run records it)
+SDXL_VARIANTS = {"plain": {"cache": False, "gradient_checkpointing": False},
+                 "default": {"cache": True, "gradient_checkpointing": False},
+                 "memory": {"cache": True, "gradient_checkpointing": True}}
+#: the peer's variants: the script's defaults, and with its --gradient_checkpointing
+SDXL_PEER_VARIANTS = {"defaults": {"gradient_checkpointing": False}, "gradient_checkpointing": {"gradient_checkpointing": True}}
+#: the ratios reported: (boothkit variant, peer variant), like for like where the peer has the option
+SDXL_PAIRS = (("plain", "defaults"), ("default", "defaults"), ("memory", "gradient_checkpointing"))
 
 
 # ==================================================================================================================
@@ -108,6 +171,8 @@ def child_main(side: str, spec: dict) -> None:
     out = {"t_main": t_main}
     if side == "boothkit":
         out.update(run_boothkit(spec))
+    elif spec.get("family") == "sdxl":
+        out.update(run_peer_sdxl(spec))
     else:
         out.update(run_peer(spec))
     Path(spec["result"]).write_text(json.dumps(out))
@@ -127,7 +192,15 @@ def run_boothkit(spec: dict) -> dict:
     res = {"t_imported": t_imported, "step_stamps": stamps, "t_saved": _t.time()}
     cfg = json.loads((Path(path) / "concept.json").read_text()).get("config", {})
     res["options"] = {**speed_flags(), **{k: cfg[k] for k in ("cache", "fused_adamw", "mixed_precision",
-                                                               "gradient_checkpointing") if k in cfg}}
+                                                               "gradient_checkpointing", "use_8bit_adam")
+                                          if k in cfg}}
+    if "use_8bit_adam" in cfg:  # asked for by default; training/loop.py uses it only with bitsandbytes on CUDA
+        import importlib.util
+
+        import torch
+
+        res["options"]["adam8bit_used"] = bool(cfg["use_8bit_adam"] and torch.cuda.is_available()
+                                               and importlib.util.find_spec("bitsandbytes"))
     if spec.get("first_image"):
         res.update(first_image(spec, path))
     return res
@@ -397,6 +470,169 @@ def run_peer(spec: dict) -> dict:
             "options": options}
 
 
+def run_peer_sdxl(spec: dict) -> dict:
+    """diffusers' examples/dreambooth/train_dreambooth_lora_sdxl.py (v0.40.0), as its defaults run it on one CPU
+    process with boothkit's LoRA recipe (see the module docstring)."""
+    import gc
+    import time as _t
+
+    import torch
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers.optimization import get_scheduler
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+    t_imported = _t.time()
+    if spec["method"] != "lora" or spec["prior"]:
+        raise ValueError("the SDXL peer is the LoRA script without prior preservation (boothkit's LoRA recipe)")
+    base, out = spec["model_dir"], Path(spec["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(gradient_accumulation_steps=1, mixed_precision="no",
+                              project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+    set_seed(spec["seed"])
+    tokenizers = [AutoTokenizer.from_pretrained(base, subfolder=sub, use_fast=False)
+                  for sub in ("tokenizer", "tokenizer_2")]
+    noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")  # not EDM: DDPM, as the script
+    text_encoder_one = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
+    text_encoder_two = CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2")
+    vae = AutoencoderKL.from_pretrained(base, subfolder="vae")
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    for m in (vae, text_encoder_one, text_encoder_two, unet):
+        m.requires_grad_(False)
+    dev, weight_dtype = accelerator.device, torch.float32  # mixed_precision "no"
+    unet.to(dev, dtype=weight_dtype)
+    vae.to(dev, dtype=torch.float32)  # the script keeps the VAE in fp32 always
+    text_encoder_one.to(dev, dtype=weight_dtype)
+    text_encoder_two.to(dev, dtype=weight_dtype)
+    if spec["gradient_checkpointing"]:
+        unet.enable_gradient_checkpointing()
+    unet.add_adapter(LoraConfig(r=spec["rank"], lora_alpha=spec["rank"], lora_dropout=0.0,
+                                init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=spec["lr"], betas=(0.9, 0.999), weight_decay=spec["weight_decay"],
+                                  eps=1e-8)
+    data = PeerDataSDXL(spec)
+    loader = torch.utils.data.DataLoader(data, batch_size=spec["batch"], shuffle=True, collate_fn=data.collate,
+                                         num_workers=0)
+    size = spec["resolution"]
+
+    def time_ids(original_size, crop_top_left):  # [1, 6]: (orig h, w, crop top, left, target h, w)
+        return torch.tensor([list(original_size + crop_top_left + (size, size))]).to(dev, dtype=weight_dtype)
+
+    def encode_prompt(prompt: str):  # both encoders' penultimate states, concatenated; text_encoder_2's pooled
+        hidden = []
+        for tok, enc in zip(tokenizers, (text_encoder_one, text_encoder_two)):
+            ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                      return_tensors="pt").input_ids
+            o = enc(ids.to(enc.device), output_hidden_states=True, return_dict=False)
+            pooled = o[0]
+            hidden.append(o[-1][-2])  # [1, 77, D_i]
+        return torch.concat(hidden, dim=-1), pooled.view(1, -1)  # [1, 77, 2048], [1, 1280]
+
+    with torch.no_grad():  # text encoders frozen and one fixed prompt: encoded once, before training
+        prompt_embeds, pooled_embeds = encode_prompt(spec["instance_prompt"])
+    gc.collect()  # the script drops its encoder lists here (the encoders themselves stay referenced)
+    lr_scheduler = get_scheduler("constant", optimizer=optimizer, num_warmup_steps=0,
+                                 num_training_steps=spec["steps"])
+    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    bar = tqdm(range(spec["steps"]), desc="Steps", disable=not accelerator.is_local_main_process)
+    stamps, step = [], 0
+    t_loaded = _t.time()
+    while step < spec["steps"]:
+        unet.train()
+        for batch in loader:
+            with accelerator.accumulate(unet):
+                latents = vae.encode(batch["pixel_values"].to(dtype=vae.dtype)).latent_dist.sample()
+                latents = (latents * vae.config.scaling_factor).to(weight_dtype)  # no latents_mean in SDXL's VAE
+                noise = torch.randn_like(latents)
+                bsz = latents.shape[0]
+                t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,), device=latents.device).long()
+                noisy = noise_scheduler.add_noise(latents, noise, t)
+                add_time_ids = torch.cat([time_ids(o, c) for o, c in zip(batch["original_sizes"],
+                                                                          batch["crop_top_lefts"])])  # [B, 6]
+                cond = {"time_ids": add_time_ids, "text_embeds": pooled_embeds.repeat(bsz, 1)}
+                pred = unet(noisy, t, prompt_embeds.repeat(bsz, 1, 1), added_cond_kwargs=cond, return_dict=False)[0]
+                loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")  # epsilon prediction
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, spec["max_grad_norm"])
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                bar.update(1)
+                step += 1
+            logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
+            bar.set_postfix(**logs)
+            accelerator.log(logs, step=step)
+            stamps.append(_t.time())
+            if step >= spec["steps"]:
+                break
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(unet).to(torch.float32)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unwrapped))
+    StableDiffusionXLPipeline.save_lora_weights(save_directory=str(out), unet_lora_layers=layers,
+                                                text_encoder_lora_layers=None, text_encoder_2_lora_layers=None)
+    t_saved = _t.time()
+    vae = AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=weight_dtype)  # final-inference block
+    pipe = StableDiffusionXLPipeline.from_pretrained(base, vae=vae, torch_dtype=weight_dtype)
+    pipe.load_lora_weights(str(out))
+    accelerator.end_training()
+    options = {**speed_flags(), "adamw": "torch default (per-tensor loop on CPU, foreach on CUDA)",
+               "cache_latents": False, "text_embeddings_precomputed": True, "mixed_precision": "no",
+               "gradient_checkpointing": spec["gradient_checkpointing"], "use_8bit_adam": False}
+    return {"t_imported": t_imported, "t_loaded": t_loaded, "step_stamps": stamps, "t_saved": t_saved,
+            "options": options}
+
+
+class PeerDataSDXL:
+    """The SDXL LoRA script's data set: every instance photo is opened and preprocessed ONCE, when the data set is
+    built (EXIF transpose, RGB, its original (h, w) kept, short side resized (Lanczos, its default), flipped with
+    p = 0.5 under --random_flip, a random crop whose top-left is kept, to tensor, normalised to [-1, 1]); an example
+    is that fixed tensor with its micro-conditioning, and the fixed instance prompt."""
+
+    def __init__(self, spec: dict):
+        import random
+
+        import numpy as np
+        import torch
+        from PIL import Image, ImageOps
+
+        size, rng = spec["resolution"], random.Random(spec["seed"])
+        self.examples = []
+        for path in sorted(p for p in Path(spec["photos"]).iterdir() if p.suffix.lower() == ".png"):
+            im = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+            original = (im.height, im.width)
+            s = size / min(im.size)
+            im = im.resize((max(size, round(im.width * s)), max(size, round(im.height * s))), Image.LANCZOS)
+            if spec["flip"] and rng.random() < 0.5:
+                im = ImageOps.mirror(im)
+            top, left = rng.randint(0, im.height - size), rng.randint(0, im.width - size)
+            im = im.crop((left, top, left + size, top + size))
+            x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+            self.examples.append({"pixels": (x - 0.5) / 0.5, "original_size": original, "crop_top_left": (top, left)})
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.examples[i]
+
+    @staticmethod
+    def collate(examples: list[dict]) -> dict:
+        import torch
+
+        return {"pixel_values": torch.stack([e["pixels"] for e in examples]).contiguous().float(),
+                "original_sizes": [e["original_size"] for e in examples],
+                "crop_top_lefts": [e["crop_top_left"] for e in examples]}
+
+
 class PeerData:
     """The scripts' data sets: each example opens its photo from disk, transforms it and tokenises its prompt."""
 
@@ -480,20 +716,28 @@ def spawn(side: str, spec: dict, env: dict, log: Path) -> dict:
     Path(spec["result"]).unlink(missing_ok=True)
     load_before = os.getloadavg()[0]
     psutil.cpu_percent(interval=None)
+    parent_rss = psutil.Process().memory_info().rss
     t_spawn = time.time()
     with open(log, "a") as err:
+        # preexec_fn makes Popen fork instead of vfork: after vfork + exec the kernel carries the PARENT's high-water
+        # mark into the child's ru_maxrss (the parent built a 2 GB model pipeline: every child read >= that); after
+        # fork it carries at most the parent's current RSS, recorded as parent_rss_mb
         proc = subprocess.Popen([sys.executable, str(HERE), "--child", side, "--spec", json.dumps(spec)], env=env,
-                                stdout=err, stderr=err)
+                                stdout=err, stderr=err, preexec_fn=_fork_not_vfork)
         _, status, usage = os.wait4(proc.pid, 0)
     t_exit = time.time()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{side} {spec['method']} failed (exit {proc.returncode}); see {log}")
     res = json.loads(Path(spec["result"]).read_text())
-    res.update(t_spawn=t_spawn, t_exit=t_exit, peak_rss_mb=usage.ru_maxrss / 1024,
+    res.update(t_spawn=t_spawn, t_exit=t_exit, peak_rss_mb=usage.ru_maxrss / 1024, parent_rss_mb=parent_rss / 2**20,
                cpu_seconds=usage.ru_utime + usage.ru_stime, load_before=load_before,
                machine_cpu_percent=psutil.cpu_percent(interval=None))
     return res
+
+
+def _fork_not_vfork() -> None:
+    """A no-op in the child; its presence stops subprocess from using vfork (see spawn)."""
 
 
 def summarise_run(res: dict) -> dict:
@@ -504,6 +748,7 @@ def summarise_run(res: dict) -> dict:
     out = {"time_to_artifact": round(res["t_saved"] - t0, 3) if "t_saved" in res else None,
            "process_wall": round(wall, 3), "interpreter_start": round(res["t_main"] - t0, 3),
            "imports": round(res["t_imported"] - res["t_main"], 3), "peak_rss_mb": round(res["peak_rss_mb"], 1),
+           "parent_rss_mb": round(res["parent_rss_mb"], 1),
            "cpu_share": round(res["cpu_seconds"] / wall, 3), "machine_cpu_percent": res["machine_cpu_percent"],
            "load_before": round(res["load_before"], 2)}
     if stamps:
@@ -567,6 +812,48 @@ def make_sd15(folder: Path, resolution: int) -> Path:
     for k in ("image_encoder", "feature_extractor"):
         index[k] = [None, None]
     (folder / "model_index.json").write_text(json.dumps(index, indent=1))
+    (folder / "DONE").write_text("ok\n")
+    return folder
+
+
+def make_sdxl(folder: Path, resolution: int) -> Path:
+    """A StableDiffusionXLPipeline folder with random weights (seed 0): SDXL base's configs
+    (assets/reference_configs/sdxl) with the UNet and text encoders reduced as SDXL_UNET and SDXL_TEXT_LAYERS say, at
+    a native size of `resolution`; both tokenizers are the world model's (SD's BPE ids), the scheduler SDXL's
+    (EulerDiscrete, scaled-linear betas 0.00085-0.012, leading spacing, offset 1). params.json: parameter counts."""
+    if (folder / "DONE").is_file():
+        return folder
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from boothkit.bench.flops import _model_keys, config
+    from boothkit.pipeline import world_path
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config({**config("sdxl", "unet"), **SDXL_UNET, "sample_size": resolution // 8})
+    vae = AutoencoderKL.from_config({**config("sdxl", "vae"), "sample_size": resolution})
+    ids = {"bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407}  # the world tokenizer's ids
+    encoders = {}
+    for part, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
+        cfg = {**_model_keys(config("sdxl", part)), **ids, "num_hidden_layers": SDXL_TEXT_LAYERS[part]}
+        encoders[part] = cls(CLIPTextConfig(**cfg))
+    tokenizer = CLIPTokenizer.from_pretrained(str(world_path() / "tokenizer"))
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="leading", steps_offset=1)
+    pipe = StableDiffusionXLPipeline(unet=unet, vae=vae, tokenizer=tokenizer, tokenizer_2=tokenizer,
+                                     scheduler=scheduler, **encoders)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    count = {name: sum(p.numel() for p in m.parameters())
+             for name, m in (("unet", unet), ("vae", vae), *encoders.items())}
+    from boothkit.bench.flops import meta_text_encoder, meta_unet, meta_vae
+
+    published = {"unet": meta_unet("sdxl"), "vae": meta_vae("sdxl"), "text_encoder": meta_text_encoder("sdxl"),
+                 "text_encoder_2": meta_text_encoder("sdxl", "text_encoder_2")}  # on the meta device: no memory
+    published = {k: sum(p.numel() for p in m.parameters()) for k, m in published.items()}
+    (folder / "params.json").write_text(json.dumps({"reduced": count, "sdxl_base": published}, indent=1))
     (folder / "DONE").write_text("ok\n")
     return folder
 
@@ -692,6 +979,75 @@ def run_model(model: str, args, work: Path, env: dict, photos: Path, class_noun:
     return report
 
 
+def run_sdxl(args, work: Path, env: dict, photos: Path, class_noun: str, log: Path, save=lambda part: None) -> dict:
+    """The reduced SDXL-shaped model: boothkit's LoRA and DreamBooth in SDXL_VARIANTS, diffusers' SDXL LoRA script
+    (run_peer_sdxl) in SDXL_PEER_VARIANTS; every variant of a method once per repeat, the order reversed in odd
+    repeats; ratios for SDXL_PAIRS, per repeat. DreamBooth has no diffusers SDXL script: boothkit alone."""
+    from boothkit.methods import METHODS
+
+    model_dir = make_sdxl(work / "sdxl-random", SDXL["resolution"])
+    steps, repeats = args.sdxl_steps, args.sdxl_repeats
+    report = {"model": "sdxl", "model_dir": str(model_dir), "steps": steps, "repeats": repeats,
+              "resolution": SDXL["resolution"], "latent": [4, SDXL["resolution"] // 8, SDXL["resolution"] // 8],
+              "reduced": {"unet": SDXL_UNET, "text_encoder_layers": SDXL_TEXT_LAYERS},
+              "parameters": json.loads((model_dir / "params.json").read_text()),
+              "variants": {"boothkit": SDXL_VARIANTS, "peer": SDXL_PEER_VARIANTS}, "methods": {}}
+    base = {"model": str(model_dir), "model_dir": str(model_dir), "photos": str(photos), "class_noun": class_noun,
+            "threads": args.threads, "seed": 0, "resolution": SDXL["resolution"], "family": "sdxl"}
+    model_overrides = {"num_class_images": SDXL["class_images"], "class_sample_steps": SDXL["class_sample_steps"]}
+    for method in [m for m in args.methods if m in ("lora", "dreambooth")]:
+        spec_m = METHODS[method]
+        user = {k: v for k, v in {**model_overrides, **args.set}.items() if k in spec_m.config.__dataclass_fields__}
+        sides = {}
+        for name, opts in SDXL_VARIANTS.items():
+            sides[("boothkit", name)] = {**base, "method": method, "steps": steps, "config": {**user, **opts},
+                                         "out": str(work / "out" / f"boothkit-{name}"),
+                                         "result": str(work / "result.json")}
+        cfg = boothkit_settings(method, steps, {**user, **SDXL_VARIANTS["plain"]})
+        token = spec_m.default_identifier
+        if method == "lora":
+            for name, opts in SDXL_PEER_VARIANTS.items():
+                sides[("peer", name)] = {**peer_spec(method, cfg, base, token, work / "no-class-images"), **opts,
+                                         "out": str(work / "out" / f"peer-{name}"),
+                                         "result": str(work / "result.json")}
+        # warm-up: file cache, hash cache, class images (DreamBooth's prior preservation)
+        warm_spec = {**sides[("boothkit", "plain")], "steps": 2, "out": str(work / "out" / "warm")}
+        warm = summarise_run(spawn("boothkit", warm_spec, env, log))
+        shutil.rmtree(work / "out" / "warm", ignore_errors=True)
+        runs = {f"{side}:{name}": [] for side, name in sides}
+        order = list(sides)
+        for r in range(repeats):
+            for side, name in (order if r % 2 == 0 else order[::-1]):
+                spec = sides[(side, name)]
+                shutil.rmtree(spec["out"], ignore_errors=True)
+                row = summarise_run(spawn(side, spec, env, log))
+                runs[f"{side}:{name}"].append(row)
+                print(f"sdxl {method} repeat {r} {side}:{name}: step {row.get('step_median')} s, "
+                      f"artifact {row['time_to_artifact']} s, rss {row['peak_rss_mb']} MB", file=sys.stderr,
+                      flush=True)
+                shutil.rmtree(spec["out"], ignore_errors=True)
+        entry = {"boothkit_config_plain": cfg, "warmup_boothkit": warm,
+                 "options": {k: v[0].get("options") for k, v in runs.items()},
+                 "summary": {k: {q: spread([x.get(q) for x in v]) for q in SUMMARY_KEYS} for k, v in runs.items()},
+                 "runs": runs}
+        if method == "lora":
+            entry["peer_settings"] = {k: sides[("peer", "defaults")][k] for k in (
+                "steps", "batch", "lr", "weight_decay", "max_grad_norm", "rank", "flip", "token", "resolution")}
+            entry["ratios"] = {}
+            for bk, peer in SDXL_PAIRS:
+                pairs = list(zip(runs[f"boothkit:{bk}"], runs[f"peer:{peer}"]))
+                entry["ratios"][f"boothkit:{bk} vs peer:{peer}"] = {
+                    "throughput_boothkit_over_peer": spread([p["step_median"] / b["step_median"] for b, p in pairs]),
+                    "time_to_artifact_peer_over_boothkit": spread([p["time_to_artifact"] / b["time_to_artifact"]
+                                                                   for b, p in pairs]),
+                    "peak_rss_boothkit_over_peer": spread([b["peak_rss_mb"] / p["peak_rss_mb"] for b, p in pairs])}
+        else:
+            entry["peer"] = "none: diffusers has no full-UNet DreamBooth script for SDXL (boothkit alone)"
+        report["methods"][method] = entry
+        save(report)  # a partial report on disk after each method: a killed run keeps what it measured
+    return report
+
+
 SUMMARY_KEYS = ("step_median", "step_min", "step_max", "time_to_artifact", "process_wall", "start_to_first_step",
                 "last_step_to_artifact", "imports", "peak_rss_mb", "cpu_share", "machine_cpu_percent")
 
@@ -729,13 +1085,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", choices=("boothkit", "peer", "instant"), help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
-    ap.add_argument("--models", default="world,sd15", help="world and/or sd15 (random SD-1.5 shapes at 128 px)")
+    ap.add_argument("--models", default="world,sd15",
+                    help="world, sd15 (random SD-1.5 shapes at 128 px) and/or sdxl (random reduced SDXL at 128 px)")
     ap.add_argument("--methods", default=",".join(FINE_TUNING + ENCODERS))
     ap.add_argument("--steps", type=int, default=None, help="steps per run on the world model (default 60; quick 30)")
     ap.add_argument("--sd15-steps", type=int, default=None,
                     help=f"steps per run on the SD-1.5-shaped model (default {SD15['steps']}; quick "
                          f"{SD15['quick_steps']})")
-    ap.add_argument("--repeats", type=int, default=None, help="interleaved pairs per method (default 3; quick 2)")
+    ap.add_argument("--sdxl-steps", type=int, default=None,
+                    help=f"steps per run on the reduced SDXL-shaped model (default {SDXL['steps']}; quick "
+                         f"{SDXL['quick_steps']})")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help=f"interleaved pairs per method (default 3, sdxl {SDXL['repeats']}; quick 2)")
     ap.add_argument("--quick", action="store_true", help="fewer steps and repeats")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -751,6 +1112,8 @@ def main() -> None:
         return child_main(args.child, json.loads(args.spec))
     args.steps = args.steps or (30 if args.quick else 60)
     args.sd15_steps = args.sd15_steps or (SD15["quick_steps"] if args.quick else SD15["steps"])
+    args.sdxl_steps = args.sdxl_steps or (SDXL["quick_steps"] if args.quick else SDXL["steps"])
+    args.sdxl_repeats = args.repeats or (2 if args.quick else SDXL["repeats"])
     args.repeats = args.repeats or (2 if args.quick else 3)
     args.methods = args.methods.split(",")
     args.set = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
@@ -765,7 +1128,8 @@ def main() -> None:
     t0 = time.time()
     report = {"benchmark": "vs_peer", "command": "python benchmarks/vs_peer.py " + " ".join(sys.argv[1:]),
               "boothkit_src": args.src, "boothkit_commit": args.src_label or _commit(Path(args.src)),
-              "settings": {"steps_world": args.steps, "steps_sd15": args.sd15_steps, "repeats": args.repeats,
+              "settings": {"steps_world": args.steps, "steps_sd15": args.sd15_steps,
+                           "steps_sdxl": args.sdxl_steps, "repeats": args.repeats, "repeats_sdxl": args.sdxl_repeats,
                            "threads": args.threads, "set": args.set},
               "machine": machine(args.threads), "load_average_before": os.getloadavg(),
               "busiest_processes_before": busiest_processes(), "models": {}}
@@ -773,7 +1137,19 @@ def main() -> None:
     class_noun = "animal"
     report["subject"] = make_photos(photos)
     for model in args.models.split(","):
-        report["models"][model] = run_model(model, args, work, env, photos, class_noun, log)
+        if model == "sdxl":
+            def save(part: dict, model=model) -> None:
+                if args.out:
+                    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                    Path(args.out).write_text(json.dumps({**report, "models": {**report["models"], model: part},
+                                                          "partial": True}, indent=1) + "\n")
+
+            report["models"][model] = run_sdxl(args, work, env, photos, class_noun, log, save)
+        else:
+            report["models"][model] = run_model(model, args, work, env, photos, class_noun, log)
+    import resource
+
+    report["parent_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     report["load_average_after"] = os.getloadavg()
     report["busiest_processes_after"] = busiest_processes()
     report["seconds"] = round(time.time() - t0, 1)
