@@ -9,3 +9,7 @@ echo; echo '$ boothkit compare bench-world:floor bench-world:instantbooth   # wo
 $B /tmp/h15w/bench-world:floor /tmp/h15w/bench-world:instantbooth
 echo; echo '$ boothkit compare bench-world:floor bench-folder:instantbooth   # folder - floor'
 $B /tmp/h15w/bench-world:floor /tmp/h15w/bench-folder:instantbooth
+echo; echo '$ boothkit compare bench-world:floor bench-shipped:instantbooth   # shipped - floor'
+$B /tmp/h15w/bench-world:floor /tmp/h15w/bench-shipped:instantbooth
+echo; echo '$ boothkit compare bench-folder:instantbooth bench-shipped:instantbooth   # shipped - folder'
+$B /tmp/h15w/bench-folder:instantbooth /tmp/h15w/bench-shipped:instantbooth
