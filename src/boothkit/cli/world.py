@@ -78,3 +78,23 @@ def references(
         if captions:
             path.with_suffix(".txt").write_text(scene.caption + "\n", encoding="utf-8")
         typer.echo(f"{path}\t{scene.caption}")
+
+
+@world_app.command("export-dataset")
+def export_dataset(
+    out: str = typer.Option(..., "--out", "-o", help="New folder to write (refused if it exists and is not empty)."),
+    n: int = typer.Option(3000, "-n", help="How many scenes (records 0..n-1 of `--data world` with this seed)."),
+    cls: str = typer.Option("all", "--class", help="A world class noun, or all."),
+    seed: int = typer.Option(0, "--seed", help="Which scenes: the world source's seed (pretrain's --set seed)."),
+    layout: str = typer.Option("imagefolder", "--layout", help="imagefolder (metadata.jsonl with file_name, text, "
+                               "mask) or kohya (NNNNN.png + NNNNN.txt; no masks)."),
+):
+    """Write world scenes of the train concepts as a captioned dataset with masks, for `--data FOLDER`.
+
+    The same scenes `--data world` trains on (held-out concepts never); captions name the object by its class
+    noun, without an identifier (the data layer adds it)."""
+    from ..world.dataset import export_dataset as export
+
+    manifest = export(out, n=n, class_noun=cls, seed=seed, layout=layout,
+                      progress=lambda done, total: typer.echo(f"{done}/{total}", err=True))
+    typer.echo(json.dumps({"out": out, **manifest}))

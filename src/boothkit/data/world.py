@@ -138,7 +138,7 @@ class WorldSource(MapSource):
             text = rewrite_caption(s.caption, obj.cls, self.identifier)
             rec = Record(to_pil(images[j:j + 1])[0], text, f"{prefix}:{i}", _mask(masks[j, 0]),
                          meta={"source": "world", "class": obj.cls, "concept": obj.concept, "mask_from": "alpha",
-                               "style": obj.style})
+                               "style": obj.style, "scene_caption": s.caption})
             if cond is not None:
                 rec.condition, rec.condition_mask = to_pil(images[b + j:b + j + 1])[0], _mask(masks[b + j, 0])
             out.append(rec)
