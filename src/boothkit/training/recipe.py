@@ -202,9 +202,16 @@ class DatasetRecipe(Recipe):
     `loss(g, batch)`; `evaluate()` is the mean denoising loss on the held-out batch (`self.validation`, from
     boothkit.data.validation_batch) with fixed noise, comparable across steps and runs. A subclass gives
     `heldout_losses(batch, g) -> [B]` and `heldout_seed(i)` (the noise seed of the held-out rows from i), and holds
-    its trainable parts in `self.trainer`."""
+    its trainable parts in `self.trainer` (the one trained module, what DDP wraps)."""
 
-    validation: dict | None = None
+    train_modules = ("trainer",)
+
+    def __init__(self, pipe, cfg, *, validation: dict | None = None, segmenter=None):
+        """validation: the held-out batch (boothkit.data.validation_batch) for evaluate() and the grids; segmenter:
+        a boothkit.data.Segmenter that fills the masks of the rows that have none (on the training device)."""
+        self.validation, self.segmenter = validation, segmenter
+        self.skipped: dict[str, int] = {}  #: records the loader replaced so far, by reason (count_skipped)
+        super().__init__(pipe, cfg, [])
 
     def heldout_losses(self, batch: dict, g: torch.Generator) -> torch.Tensor:
         raise NotImplementedError

@@ -82,19 +82,15 @@ class Trainer(nn.Module):
 class E4TPretrain(DatasetRecipe):
     """E4T's domain-pretraining recipe: encoder head + weight offsets trainable, everything else frozen."""
 
-    train_modules = ("trainer",)
-
     def __init__(self, pipe, cfg: PretrainConfig, enc_cfg: EncoderConfig, *, class_noun: str,
                  validation: dict | None = None, segmenter=None):
-        """class_noun: the domain the captions name (one class); validation: the held-out batch
-        (boothkit.data.validation_batch); segmenter: a boothkit.data.Segmenter for rows without a mask (framing)."""
+        """class_noun: the domain the captions name (one class); validation, segmenter: see DatasetRecipe (the
+        segmenter frames rows without a mask)."""
         if class_noun == "all" or not class_noun.strip():
             raise InputError("e4t pretraining learns one domain: --class names one class noun (not 'all')")
         self.enc_cfg, self.class_noun = enc_cfg, class_noun
-        self.validation, self.segmenter = validation, segmenter
         self.stats: dict = {}
-        self.skipped: dict[str, int] = {}  #: records the loader replaced so far, by reason (count_skipped)
-        super().__init__(pipe, cfg, [])
+        super().__init__(pipe, cfg, validation=validation, segmenter=segmenter)
 
     def setup(self) -> None:
         from ..ti.model import add_tokens_per_encoder

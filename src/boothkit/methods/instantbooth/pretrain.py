@@ -112,17 +112,12 @@ class Trainer(nn.Module):
 class InstantBoothPretrain(DatasetRecipe):
     """InstantBooth's pretraining recipe: heads + adapters trainable, everything else frozen (see the module)."""
 
-    train_modules = ("trainer",)
-
     def __init__(self, pipe, cfg: PretrainConfig, model_cfg: InstantBoothConfig, *, class_noun: str,
                  validation: dict | None = None, segmenter=None):
-        """class_noun: what the captions name ("all" for the world's every class); validation: the held-out batch
-        (boothkit.data.validation_batch) for evaluate() and the grids; segmenter: a boothkit.data.Segmenter that
-        fills the masks of the rows that have none (on the training device)."""
+        """class_noun: what the captions name ("all" for the world's every class); validation, segmenter: see
+        DatasetRecipe."""
         self.model_cfg, self.class_noun = model_cfg, class_noun
-        self.validation, self.segmenter = validation, segmenter
-        self.skipped: dict[str, int] = {}  #: records the loader replaced so far, by reason (count_skipped)
-        super().__init__(pipe, cfg, [])
+        super().__init__(pipe, cfg, validation=validation, segmenter=segmenter)
 
     def setup(self) -> None:
         vision.require_tower(self.pipe, "InstantBooth")

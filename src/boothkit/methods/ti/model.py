@@ -77,7 +77,9 @@ class EmbeddingRows:
         ids = args[0] if args else None
         if ids is None:
             return out
-        row = self._position.to(ids.device)[ids]  # [B, L]
+        if self._position.device != ids.device:  # moved once, not at every forward
+            self._position = self._position.to(ids.device)
+        row = self._position[ids]  # [B, L]
         where = row >= 0
         if not bool(where.any()):
             return out
@@ -87,7 +89,9 @@ class EmbeddingRows:
     def sync(self) -> None:
         """Write the trained rows into the embedding matrix (after each optimizer step)."""
         w = self.module.weight
-        w[self.ids.to(w.device)] = self.param.detach().to(w.device, w.dtype)
+        if self.ids.device != w.device:
+            self.ids = self.ids.to(w.device)
+        w[self.ids] = self.param.detach().to(w.device, w.dtype)
 
     def rows(self) -> torch.Tensor:
         return self.param.detach().clone()  # [n, D]
